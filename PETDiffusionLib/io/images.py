@@ -1,0 +1,162 @@
+"""Image files (NIfTI, NRRD, MHA) through SimpleITK, with units and provenance kept in metadata.
+
+Units travel with the image as SimpleITK metadata keys (``PETDiffusion.units`` = ``SUVbw``, ``HU``,
+``Bq/mL``, ``1/cm``, ``label``; ``PETDiffusion.synthetic`` = ``1`` for model outputs). NRRD and MHA
+store any key; NIfTI has no free-form header, so the same facts go into its 80-character
+``descrip`` field as ``key=value;`` pairs, which :func:`read_image` parses back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+UNITS_KEY = "PETDiffusion.units"
+SYNTHETIC_KEY = "PETDiffusion.synthetic"
+DESCRIPTION_KEY = "PETDiffusion.description"
+_NIFTI_DESCRIP = "descrip"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(".nii") or path.name.endswith(".nii.gz")
+
+
+def read_image(path: str | os.PathLike, pixel_type=sitk.sitkFloat32) -> sitk.Image:
+    """Read an image file, or a DICOM folder (one series; PET converted to SUVbw, CT in HU).
+
+    Raises :class:`InputError` naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file or folder not found", path)
+    if path.is_dir():
+        from PETDiffusionLib.io.dicom import read_dicom_image  # foundation reader
+        return read_dicom_image(path)
+    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
+        raise InputError(f"not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)} "
+                         "or a DICOM folder)", path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[0]})", path) from exc
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("expected a scalar image, found a vector/RGB image", path)
+    if _is_nifti(path) and img.HasMetaDataKey(_NIFTI_DESCRIP):
+        for part in img.GetMetaData(_NIFTI_DESCRIP).split(";"):
+            if "=" in part:
+                key, value = part.split("=", 1)
+                key = {"units": UNITS_KEY, "synthetic": SYNTHETIC_KEY}.get(key.strip())
+                if key:
+                    img.SetMetaData(key, value.strip())
+    if pixel_type is not None and img.GetPixelID() != pixel_type:
+        keys = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
+        img = sitk.Cast(img, pixel_type)
+        for k, v in keys.items():
+            img.SetMetaData(k, v)
+    return img
+
+
+def read_label(path: str | os.PathLike) -> sitk.Image:
+    """Read a label map as unsigned integers; refuses non-integer values."""
+    img = read_image(path, pixel_type=None)
+    arr = sitk.GetArrayViewFromImage(img)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise InputError("label map holds non-integer values", path)
+    if arr.size and arr.min() < 0:
+        raise InputError("label map holds negative values", path)
+    return _copy_meta(img, sitk.Cast(img, sitk.sitkUInt16))
+
+
+def _copy_meta(src: sitk.Image, dst: sitk.Image) -> sitk.Image:
+    for k in src.GetMetaDataKeys():
+        dst.SetMetaData(k, src.GetMetaData(k))
+    return dst
+
+
+def get_units(img: sitk.Image) -> str | None:
+    return img.GetMetaData(UNITS_KEY) if img.HasMetaDataKey(UNITS_KEY) else None
+
+
+def set_units(img: sitk.Image, units: str | None, synthetic: bool | None = None,
+              description: str | None = None) -> sitk.Image:
+    if units is not None:
+        img.SetMetaData(UNITS_KEY, units)
+    if synthetic is not None:
+        img.SetMetaData(SYNTHETIC_KEY, "1" if synthetic else "0")
+    if description is not None:
+        img.SetMetaData(DESCRIPTION_KEY, description)
+    return img
+
+
+def is_synthetic(img: sitk.Image) -> bool:
+    return img.HasMetaDataKey(SYNTHETIC_KEY) and img.GetMetaData(SYNTHETIC_KEY) == "1"
+
+
+def write_image(img: sitk.Image, path: str | os.PathLike, units: str | None = None,
+                synthetic: bool | None = None, description: str | None = None,
+                compress: bool = True) -> Path:
+    """Write atomically; units/synthetic flags go into the header (see module docstring)."""
+    path = Path(path)
+    img = sitk.Image(img)  # shallow copy so metadata edits stay local
+    set_units(img, units, synthetic, description)
+    if _is_nifti(path):
+        parts = []
+        if img.HasMetaDataKey(UNITS_KEY):
+            parts.append(f"units={img.GetMetaData(UNITS_KEY)}")
+        if img.HasMetaDataKey(SYNTHETIC_KEY):
+            parts.append(f"synthetic={img.GetMetaData(SYNTHETIC_KEY)}")
+        if is_synthetic(img):
+            parts.append("SYNTHETIC research image")
+        img.SetMetaData(_NIFTI_DESCRIP, ";".join(parts)[:79])
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), compress)
+    return path
+
+
+def resample_to(img: sitk.Image, reference: sitk.Image, is_label: bool = False,
+                default_value: float = 0.0) -> sitk.Image:
+    """Resample ``img`` onto ``reference``'s grid: linear for images, nearest neighbour for labels."""
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    out = sitk.Resample(img, reference, sitk.Transform(), interp, default_value, img.GetPixelID())
+    return _copy_meta(img, out)
+
+
+def resample_to_spacing(img: sitk.Image, spacing: tuple[float, float, float],
+                        is_label: bool = False, default_value: float = 0.0) -> sitk.Image:
+    """Resample onto a grid with the same origin and direction covering the same extent."""
+    old_sp = np.array(img.GetSpacing(), float)
+    old_sz = np.array(img.GetSize(), int)
+    new_sp = np.array(spacing, float)
+    new_sz = np.maximum(1, np.round(old_sz * old_sp / new_sp)).astype(int)
+    ref = sitk.Image([int(s) for s in new_sz], img.GetPixelID())
+    ref.SetSpacing(tuple(float(s) for s in new_sp))
+    ref.SetDirection(img.GetDirection())
+    # keep the physical centre of the field of view fixed
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    centre = np.array(img.GetOrigin()) + d @ ((old_sz - 1) * old_sp / 2)
+    ref.SetOrigin(tuple(centre - d @ ((new_sz - 1) * new_sp / 2)))
+    return resample_to(img, ref, is_label, default_value)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def array_and_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A SimpleITK image from a z,y,x numpy array with ``reference``'s geometry."""
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(reference)
+    return img

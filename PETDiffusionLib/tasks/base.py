@@ -1,0 +1,110 @@
+"""What every clinical task declares: its inputs, parameters and outputs (ARCHITECTURE.md).
+
+The CLI subcommand (``petdiffusion run <task>``), the Slicer panel's parameter node and the report
+all read this one spec. A task module defines ``SPEC: TaskSpec`` and
+``run(inputs, params, ctx) -> dict[str, Path]`` (output name -> file written in ``ctx.out_dir``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.progress import Progress
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    name: str                      # CLI flag (--pet) and key in the inputs dict
+    role: str                      # pet | ct | mr | nac | labels
+    units: str | None              # expected units: SUVbw, HU, None (any)
+    help: str
+    required: bool = True
+    is_label: bool = False
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str                      # CLI flag uses dashes: steps -> --steps
+    type: type                     # int, float, str or bool
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+
+    def coerce(self, value: Any) -> Any:
+        """Convert and range-check a user value; raises InputError naming the parameter."""
+        if value is None:
+            return self.default
+        try:
+            if self.type is bool and isinstance(value, str):
+                v = value.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                v = self.type(value)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"parameter {self.name}: {value!r} is not a valid {self.type.__name__}") from exc
+        if self.minimum is not None and v < self.minimum:
+            raise InputError(f"parameter {self.name}: {v} is below the minimum {self.minimum}")
+        if self.maximum is not None and v > self.maximum:
+            raise InputError(f"parameter {self.name}: {v} is above the maximum {self.maximum}")
+        if self.choices is not None and v not in self.choices:
+            raise InputError(f"parameter {self.name}: {v!r} is not one of {', '.join(map(str, self.choices))}")
+        return v
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str                      # key in the manifest
+    filename: str                  # file in the output folder
+    kind: Literal["volume", "labelmap", "table", "report", "json"]
+    help: str
+    units: str | None = None
+    synthetic: bool = False
+    optional: bool = False         # written only when asked (uncertainty) or when inputs allow
+    label_names: str | None = None # for label maps: the name of the class map in the manifest
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    title: str
+    paper: str
+    description: str
+    inputs: tuple[ImageInput, ...]
+    parameters: tuple[Parameter, ...]
+    outputs: tuple[Output, ...]
+    model_id: str | None = None
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        def conv(obj):
+            d = dataclasses.asdict(obj)
+            if "type" in d:
+                d["type"] = obj.type.__name__
+            return d
+        return {"id": self.id, "title": self.title, "paper": self.paper,
+                "description": self.description, "model_id": self.model_id,
+                "inputs": [conv(i) for i in self.inputs],
+                "parameters": [conv(p) for p in self.parameters],
+                "outputs": [conv(o) for o in self.outputs]}
+
+
+@dataclass
+class RunContext:
+    """What a task's run() gets besides its images and parameters."""
+    out_dir: Path                  # staging folder: write outputs here (moved into place on success)
+    progress: Progress
+    device: torch.device
+    model_path: Path | None = None # a user's own model folder; None = the shipped model
+    input_paths: dict[str, str] = field(default_factory=dict)
+    manifest_extra: dict = field(default_factory=dict)  # model id/version, label names, notes...
