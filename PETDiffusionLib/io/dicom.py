@@ -1,0 +1,385 @@
+"""Read DICOM folders: find every series, sort and stack the slices, return SimpleITK images.
+
+Geometry comes from the image plane module (DICOM PS3.3 C.7.6.2): ImagePositionPatient (0020,0032)
+and ImageOrientationPatient (0020,0037). Slices are sorted by their position projected on the slice
+normal (row × column direction cosines); the slice spacing is taken from those positions, never from
+SliceThickness (0018,0050), which may differ (overlapping or gapped reconstructions). Modality values
+are stored × RescaleSlope + RescaleIntercept (0028,1053/1052) applied per slice, because GE PET
+varies the slope from slice to slice (PHYSICS.md §1). CT is returned in HU; PET, through
+:func:`read_dicom_image`, in SUV (:mod:`PETDiffusionLib.physics.suv`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import set_units
+from PETDiffusionLib.physics.suv import SUVFactor, SUVOverrides, required_tags_missing, suv_factor
+
+log = logging.getLogger(__name__)
+
+# Image metadata keys for patient facts later steps need (SUV variants, phantoms, attenuation).
+KVP_KEY = "PETDiffusion.kvp"  # from KVP (0018,0060)
+WEIGHT_KEY = "PETDiffusion.weight_kg"  # PatientWeight (0010,1030)
+HEIGHT_KEY = "PETDiffusion.height_m"  # PatientSize (0010,1020)
+SEX_KEY = "PETDiffusion.sex"  # PatientSex (0010,0040)
+AGE_KEY = "PETDiffusion.age_years"  # PatientAge (0010,1010), "045Y"
+MODALITY_KEY = "PETDiffusion.modality"
+SUV_FACTOR_KEY = "PETDiffusion.suv_factor"
+SUV_RULE_KEY = "PETDiffusion.suv_rule"
+
+# Tolerances for geometry checks, in mm / direction-cosine units. Direction cosines of one series
+# written by one scanner agree to ~1e-6; 1e-4 allows for rounding in DS strings (16 characters).
+ORIENTATION_TOL = 1e-4
+POSITION_TOL_MM = 1e-3
+# A step larger than this multiple of the typical spacing means slices are missing.
+GAP_FACTOR = 1.5
+# Steps may differ by this fraction of the spacing (DS rounding, table-position jitter).
+SPACING_REL_TOL = 0.02
+
+# PET Units (0054,1001) -> units of the modality values (before SUV conversion).
+PET_UNITS = {"BQML": "Bq/mL", "CNTS": "counts", "GML": "SUV (g/mL)", "CM2ML": "SUVbsa (cm2/mL)",
+             "CPS": "counts/s"}
+
+
+@dataclass
+class SeriesInfo:
+    """One DICOM series found in a folder (headers only; pixels are read by :func:`read_series`)."""
+    uid: str
+    modality: str
+    description: str
+    files: list[Path]
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+    suv_ok: bool | None  # None for non-PET series
+    suv_missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # gaps, duplicates, mixed orientations
+    folder: Path | None = None
+    headers: list[Dataset] = field(default_factory=list, repr=False)  # sorted like files
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+
+# ----------------------------------------------------------------------------- scanning
+
+def _is_image_sop(ds: Dataset) -> bool:
+    uid = ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None
+    uid = uid or ds.get("SOPClassUID")
+    return uid is not None and "Image Storage" in getattr(uid, "name", "")
+
+
+def _expected_native_bytes(ds: Dataset) -> int:
+    frames = int(ds.get("NumberOfFrames") or 1)
+    return (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+            * int(ds.BitsAllocated) * frames + 7) // 8
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The dataset of a DICOM file (pixel bytes loaded, not decoded), or None for a non-DICOM file.
+
+    Raises InputError for a file that claims to be DICOM (preamble "DICM") but is truncated.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        log.debug("skipping %s: not a DICOM file", path)
+        return None
+    except Exception as exc:  # pydicom raises many kinds on damaged files
+        if _has_dicm_magic(path):
+            raise InputError(f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})",
+                             path) from exc
+        log.debug("skipping %s: unreadable (%s)", path, exc)
+        return None
+    if "PixelData" not in ds:
+        if _is_image_sop(ds) or "Rows" in ds:
+            raise InputError("truncated DICOM file: an image object without its pixel data", path)
+        log.debug("skipping %s: DICOM object without pixels (%s)", path, ds.get("Modality", "?"))
+        return None
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or not ts.is_compressed:
+        expected = _expected_native_bytes(ds)
+        if len(ds.PixelData) < expected:
+            raise InputError(f"truncated DICOM file: pixel data has {len(ds.PixelData)} bytes, "
+                             f"{expected} expected", path)
+    return ds
+
+
+def _has_dicm_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError("folder not found", folder)
+    if not folder.is_dir():
+        raise InputError("not a folder (expected a folder of DICOM files)", folder)
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    n_files = 0
+    no_uid: set[str] = set()
+    for root, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            path = Path(root) / name
+            n_files += 1
+            ds = _read_header(path)
+            if ds is None:
+                continue
+            uid = str(ds.get("SeriesInstanceUID") or "")
+            if not uid:
+                # Some anonymisers drop SeriesInstanceUID (0020,000E); fall back to the attributes
+                # that identify a series within a study (PS3.3 C.7.3.1).
+                uid = "no-uid:" + "/".join(str(ds.get(k, "") or "") for k in (
+                    "StudyInstanceUID", "SeriesNumber", "Modality", "SeriesDescription"))
+                no_uid.add(uid)
+            groups.setdefault(uid, []).append((path, ds))
+    for uid in no_uid:
+        log.warning("%s: DICOM images without SeriesInstanceUID; grouped by study, series number, "
+                    "modality and description (%s)", folder, uid)
+    if not groups:
+        what = "is empty" if n_files == 0 else f"holds {n_files} file(s) but no DICOM image"
+        raise InputError(f"no DICOM image series found: the folder {what}", folder)
+    return groups
+
+
+# ----------------------------------------------------------------------------- geometry
+
+@dataclass
+class _Geometry:
+    order: list[int]
+    positions: np.ndarray  # projected on the normal, sorted
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    spacing: tuple[float, float, float]
+    size: tuple[int, int, int]
+    slice_index: list[int]  # output z index of each sorted slice (differs from 0..n-1 with gaps)
+    problems: list[str]
+
+
+def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
+    problems: list[str] = []
+    ds0 = items[0][1]
+    for p, d in items:
+        if int(d.get("NumberOfFrames") or 1) > 1:
+            raise InputError("multi-frame DICOM images are not supported yet; export the series "
+                             "as single-frame slices", p)
+        if "ImageOrientationPatient" not in d or "ImagePositionPatient" not in d:
+            raise InputError("DICOM image lacks ImagePositionPatient/ImageOrientationPatient "
+                             "(0020,0032/0037): no geometry", p)
+    iops = np.array([[float(v) for v in d.ImageOrientationPatient] for _, d in items])
+    if np.any(np.abs(iops - iops[0]) > ORIENTATION_TOL):
+        n_distinct = len({tuple(np.round(i, 3)) for i in iops})
+        problems.append(f"mixed orientations: {n_distinct} different ImageOrientationPatient values")
+    row, col = iops[0][:3], iops[0][3:]
+    normal = np.cross(row, col)
+    ipps = np.array([[float(v) for v in d.ImagePositionPatient] for _, d in items])
+    proj = ipps @ normal
+    order = list(np.argsort(proj, kind="stable"))
+    pos = proj[order]
+    px = [float(v) for v in ds0.PixelSpacing] if "PixelSpacing" in ds0 else [1.0, 1.0]
+    rows, cols = int(ds0.Rows), int(ds0.Columns)
+    for p, d in items:
+        if int(d.Rows) != rows or int(d.Columns) != cols:
+            problems.append(f"slices of different sizes ({cols}x{rows} and {d.Columns}x{d.Rows})")
+            break
+    steps = np.diff(pos)
+    slice_index = list(range(len(pos)))
+    if len(pos) == 1:
+        dz = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
+    else:
+        dups = int(np.sum(steps < POSITION_TOL_MM))
+        if dups:
+            problems.append(f"duplicate slice positions: {dups} slice(s) share a position with "
+                            "another (dynamic or repeated acquisition?)")
+        good = steps[steps >= POSITION_TOL_MM]
+        dz = 1.0
+        if good.size:
+            # typical spacing: the smallest step that is common (robust to a few gaps)
+            dz = float(np.min(good[good <= np.median(good) * (1 + SPACING_REL_TOL)]))
+            ratios = good / dz
+            gaps = ratios > GAP_FACTOR
+            irregular = np.abs(ratios - np.round(ratios)) > SPACING_REL_TOL
+            if np.any(gaps):
+                missing = int(np.sum(np.round(ratios[gaps]) - 1))
+                where = pos[:-1][steps >= POSITION_TOL_MM][gaps]
+                problems.append(f"gap: about {missing} missing slice(s) after position(s) "
+                                f"{', '.join(f'{w:.2f}' for w in where[:5])} mm "
+                                f"(spacing {dz:.3f} mm)")
+            if np.any(irregular):
+                problems.append(f"irregular slice spacing: steps from {good.min():.3f} to "
+                                f"{good.max():.3f} mm")
+            slice_index = [0] + list(np.cumsum(np.maximum(1, np.round(np.maximum(steps, 0) / dz))
+                                               .astype(int)))
+    direction = np.column_stack([row, col, normal]).flatten()
+    first = items[order[0]][1]
+    return _Geometry(order=order, positions=pos,
+                     origin=tuple(float(v) for v in first.ImagePositionPatient),
+                     direction=tuple(float(v) for v in direction),
+                     spacing=(px[1], px[0], dz), size=(cols, rows, int(slice_index[-1]) + 1),
+                     slice_index=[int(i) for i in slice_index], problems=problems)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """Every image series under ``folder`` (searched recursively), largest first.
+
+    Non-DICOM files are skipped (debug log); a truncated DICOM file raises :class:`InputError`.
+    """
+    folder = Path(folder)
+    out = []
+    for uid, items in _scan(folder).items():
+        geo = _geometry(items)
+        items = [items[i] for i in geo.order]
+        ds0 = items[0][1]
+        modality = str(ds0.get("Modality", "")).upper()
+        headers = [d for _, d in items]
+        suv_ok, missing = None, []
+        if modality == "PT":
+            missing = required_tags_missing(headers)
+            suv_ok = not missing
+        out.append(SeriesInfo(uid=uid, modality=modality,
+                              description=str(ds0.get("SeriesDescription", "") or ""),
+                              files=[p for p, _ in items], size=geo.size, spacing=geo.spacing,
+                              suv_ok=suv_ok, suv_missing=missing, problems=geo.problems,
+                              folder=folder, headers=headers))
+    out.sort(key=lambda s: (-s.n_slices, s.modality, s.uid))
+    return out
+
+
+def _select(info_or_folder, series_uid: str | None) -> SeriesInfo:
+    if isinstance(info_or_folder, SeriesInfo):
+        return info_or_folder
+    folder = Path(info_or_folder)
+    series = find_series(folder)
+    if series_uid is not None:
+        hits = [s for s in series if s.uid == series_uid]
+        if not hits:
+            raise InputError(f"no series with SeriesInstanceUID {series_uid}", folder)
+        return hits[0]
+    if len(series) > 1:
+        listing = "; ".join(f"{s.modality} '{s.description}' {s.n_slices} slices uid {s.uid}"
+                            for s in series)
+        raise InputError(f"{len(series)} series found, expected one: {listing}. Put one series per "
+                         "folder or choose one by its SeriesInstanceUID", folder)
+    return series[0]
+
+
+def read_series(info_or_folder: SeriesInfo | str | os.PathLike, series_uid: str | None = None,
+                allow_gaps: bool = False) -> sitk.Image:
+    """The modality values of one series as a float32 SimpleITK image (CT in HU, PET in its Units).
+
+    Raises :class:`InputError` on duplicate positions, mixed orientations, irregular spacing, and on
+    gaps unless ``allow_gaps`` (missing slices are then filled with 0 and a warning is logged).
+    """
+    info = _select(info_or_folder, series_uid)
+    where = info.files[0].parent
+    blocking = [p for p in info.problems if not (allow_gaps and p.startswith("gap"))]
+    if blocking:
+        raise InputError(f"series {info.modality} '{info.description}' cannot be stacked into a "
+                         f"volume: {'; '.join(blocking)}", where)
+    for p in info.problems:
+        log.warning("%s: %s (filled with 0)", where, p)
+    items = list(zip(info.files, info.headers))
+    geo = _geometry(items)  # headers are sorted already; order is the identity
+    arr = np.zeros(geo.size[::-1], dtype=np.float32)
+    for z, (path, ds) in zip(geo.slice_index, items):
+        arr[z] = _slice_values(path, ds)
+    img = sitk.GetImageFromArray(arr)
+    img.SetOrigin(geo.origin)
+    img.SetSpacing(geo.spacing)
+    img.SetDirection(geo.direction)
+    _put_patient_metadata(img, info.headers[0], info.modality)
+    return img
+
+
+def _slice_values(path: Path, ds: Dataset) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc}); transfer syntax "
+                         f"{ds.file_meta.get('TransferSyntaxUID', '?')}", path) from exc
+    slope = float(ds.get("RescaleSlope") or 1.0)
+    intercept = float(ds.get("RescaleIntercept") or 0.0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _age_years(value) -> float | None:
+    m = re.fullmatch(r"(\d{1,3})([DWMY])", str(value or "").strip().upper())
+    if not m:
+        return None
+    n, unit = int(m.group(1)), m.group(2)
+    return n / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit]
+
+
+def _put_patient_metadata(img: sitk.Image, ds: Dataset, modality: str) -> None:
+    img.SetMetaData(MODALITY_KEY, modality)
+    if ds.get("KVP"):
+        img.SetMetaData(KVP_KEY, f"{float(ds.KVP):g}")
+    if ds.get("PatientWeight"):
+        img.SetMetaData(WEIGHT_KEY, f"{float(ds.PatientWeight):g}")
+    if ds.get("PatientSize"):
+        img.SetMetaData(HEIGHT_KEY, f"{float(ds.PatientSize):g}")
+    if ds.get("PatientSex"):
+        img.SetMetaData(SEX_KEY, str(ds.PatientSex))
+    age = _age_years(ds.get("PatientAge"))
+    if age is not None:
+        img.SetMetaData(AGE_KEY, f"{age:g}")
+    if modality == "CT":
+        set_units(img, "HU")
+    elif modality == "PT":
+        set_units(img, PET_UNITS.get(str(ds.get("Units", "")).upper(), str(ds.get("Units", ""))))
+
+
+def read_pet_suv(info_or_folder: SeriesInfo | str | os.PathLike, suv_type: str = "bw",
+                 overrides: SUVOverrides | dict | None = None, series_uid: str | None = None,
+                 allow_gaps: bool = False) -> tuple[sitk.Image, SUVFactor]:
+    """A PET series in SUV (``suv_type`` bw, lbm, bsa, ibw) and the factor with its rule."""
+    info = _select(info_or_folder, series_uid)
+    if info.modality != "PT":
+        raise InputError(f"series '{info.description}' is {info.modality or 'of unknown modality'}, "
+                         "not PET (PT): no SUV", info.files[0].parent)
+    img = read_series(info, allow_gaps=allow_gaps)
+    factor = suv_factor(info.headers, suv_type, overrides, path=info.files[0].parent)
+    arr = sitk.GetArrayFromImage(img)
+    if factor.slice_factors is None:
+        arr *= np.float32(factor.factor)
+    else:
+        geo = _geometry(list(zip(info.files, info.headers)))
+        for z, f in zip(geo.slice_index, factor.slice_factors):
+            arr[z] *= np.float32(f)
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    for k in img.GetMetaDataKeys():
+        out.SetMetaData(k, img.GetMetaData(k))
+    set_units(out, factor.units)
+    out.SetMetaData(SUV_FACTOR_KEY, f"{factor.factor:.10g}")
+    out.SetMetaData(SUV_RULE_KEY, factor.rule)
+    return out, factor
+
+
+def read_dicom_image(folder: str | os.PathLike, suv_type: str = "bw",
+                     overrides: SUVOverrides | dict | None = None,
+                     allow_gaps: bool = False) -> sitk.Image:
+    """The one series in ``folder``: PET converted to SUV (SUVbw by default), CT in HU, others as
+    modality values. Several series raise :class:`InputError` listing them."""
+    info = _select(folder, None)
+    if info.modality == "PT":
+        return read_pet_suv(info, suv_type, overrides, allow_gaps=allow_gaps)[0]
+    return read_series(info, allow_gaps=allow_gaps)
