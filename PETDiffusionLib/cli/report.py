@@ -1,0 +1,31 @@
+"""`petdiffusion report`: report.pdf + report.json + CSV tables for one PET in SUV."""
+from __future__ import annotations
+
+from PETDiffusionLib.cli.quantify import add_input_args, lesions_and_thresholds, load_inputs
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="PDF/JSON/CSV report (MIPs, lesion and organ tables)",
+                       description="Write report.pdf, report.json and the CSV tables for a PET in "
+                                   "SUV. Research use only, not for diagnosis.")
+    add_input_args(p)
+    p.add_argument("--synthetic", action="store_true",
+                   help="the PET is a model output: print the synthetic banner")
+    p.add_argument("--task", default="quantify", help="task name printed in the header")
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--model-version", default=None)
+    p.add_argument("--patient-id", default="anonymous", help="pseudonymous ID (never a real name)")
+    p.add_argument("--study-date", default=None)
+    p.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from PETDiffusionLib.report.pdf import make_report
+    inputs = load_inputs(args)
+    lesions, thresholds, _ = lesions_and_thresholds(inputs, args.threshold)
+    paths = make_report(args.out, inputs["pet"], lesions, inputs["organs"], inputs["organ_names"],
+                        task=args.task, model_id=args.model_id, model_version=args.model_version,
+                        synthetic=args.synthetic, patient_id=args.patient_id,
+                        study_date=args.study_date, thresholds=thresholds)
+    print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} in {args.out}")
+    return 0
