@@ -268,7 +268,8 @@ def _average_count_rate_time_s(lam: float, frame_s: float) -> float:
 
 
 def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw",
-               overrides: SUVOverrides | dict | None = None, path=None) -> SUVFactor:
+               overrides: SUVOverrides | dict | None = None, path=None,
+               log_warnings: bool = True) -> SUVFactor:
     """The SUV factor of a PET series (PHYSICS.md §1). ``suv_type`` is bw, lbm (SUL, Janmahasatian),
     bsa (Du Bois) or ibw.
 
@@ -293,7 +294,9 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
     height = ov.height_m if ov.height_m else _float(ds.get("PatientSize"))
     sex = ov.sex or _s(ds.get("PatientSex")) or None
     corrected = [_s(c).upper() for c in (ds.get("CorrectedImage") or [])]
-    for need in ("ATTN", "DECY"):
+    # DecayCorrection NONE means DECY is absent on purpose.
+    needed = ("ATTN",) if _s(ds.get("DecayCorrection")).upper() == "NONE" else ("ATTN", "DECY")
+    for need in needed:
         if corrected and need not in corrected:
             warnings.append(f"CorrectedImage lacks {need}: SUV may be biased")
 
@@ -310,7 +313,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
             to_bw *= norm / weight
             rule += f"; then × {norm:.4g}/{weight:g} for {SUV_UNITS[suv_type]}"
         result.factor, result.rule = to_bw, rule
-        return _finish(result)
+        return _finish(result, log_warnings)
 
     # --- Philips counts with a direct SUV scale factor.
     if units == "CNTS":
@@ -326,7 +329,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                 norm = _reference_normaliser_kg(suv_type, weight, height, sex, path)
                 result.factor *= norm / weight
                 result.rule += f"; × {norm:.4g}/{weight:g} for {SUV_UNITS[suv_type]}"
-            return _finish(result)
+            return _finish(result, log_warnings)
         if not acsf:
             raise MissingTagError(["Philips (7053,1000) SUV Scale Factor or "
                                    "(7053,1009) Activity Concentration Scale Factor"], path)
@@ -382,7 +385,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
         result.factor = base / dose_bq
         result.rule = (f"{units_rule}; DecayCorrection ADMIN: pixels refer to injection time, "
                        f"undecayed dose {dose_bq / 1e6:.2f} MBq; {name} = C × {norm:.4g} kg·1000 / D")
-        return _finish(result)
+        return _finish(result, log_warnings)
 
     lam = math.log(2) / half_life
     acq_dts = [_acquisition_dt(d, series_date) for d in datasets]
@@ -409,7 +412,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                        f"{dt_s / 60:.2f} min (T½ {half_life:g} s) from injection ({inj_rule}) to scan "
                        f"reference ({ref_rule}) = {decayed / 1e6:.2f} MBq; "
                        f"{name} = C × {norm:.4g} kg·1000 / D")
-        return _finish(result)
+        return _finish(result, log_warnings)
 
     # NONE: per-frame decay correction factor DCF = λΔt / (e^(−λ t1) − e^(−λ t2)), frame [t1, t2]
     # from injection (PHYSICS.md §1; IBSI manual, DC NONE), with the undecayed dose.
@@ -430,11 +433,11 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                    f"({inj_rule}) with DCF = λΔt/(e^-λt1 − e^-λt2), T½ {half_life:g} s; undecayed dose "
                    f"{dose_bq / 1e6:.2f} MBq; factor varies per slice "
                    f"({min(factors):.6g}..{max(factors):.6g})")
-    return _finish(result)
+    return _finish(result, log_warnings)
 
 
-def _finish(result: SUVFactor) -> SUVFactor:
-    for w in result.warnings:
+def _finish(result: SUVFactor, log_warnings: bool = True) -> SUVFactor:
+    for w in result.warnings if log_warnings else ():
         log.warning("SUV: %s", w)
     if not (result.factor > 0 and math.isfinite(result.factor)):
         raise InputError(f"SUV factor {result.factor} is not a positive number ({result.rule})")
@@ -506,7 +509,7 @@ def _injection_time(rp: Dataset, ov: SUVOverrides, series_date, ref: datetime, p
 def required_tags_missing(datasets: Iterable[Dataset]) -> list[str]:
     """Tags a series lacks for SUVbw; [] when SUV can be computed (used by ``inspect``)."""
     try:
-        suv_factor(list(datasets), "bw")
+        suv_factor(list(datasets), "bw", log_warnings=False)
     except MissingTagError as exc:
         return exc.missing
     except InputError as exc:
