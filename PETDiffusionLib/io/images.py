@@ -118,6 +118,8 @@ def write_image(img: sitk.Image, path: str | os.PathLike, units: str | None = No
         if is_synthetic(img):
             parts.append("SYNTHETIC research image")
         img.SetMetaData(_NIFTI_DESCRIP, ";".join(parts)[:79])
+        # ITK's NIfTI writer fills the header's descrip from this key (not from "descrip")
+        img.SetMetaData("ITK_FileNotes", ";".join(parts)[:79])
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), compress)
     return path
