@@ -1,0 +1,302 @@
+"""CT to PET Synthesis: a synthetic FDG PET (SUV) from a CT, CPDM (Brownian bridge diffusion).
+
+Thin Slicer face over ``PETDiffusionLib`` task ``ct-to-pet``, which runs in a separate process
+(PETDiffusionSlicer.runner). Research use only; every output is labelled synthetic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from typing import Annotated, Optional
+
+import qt
+import slicer
+from slicer import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from PETDiffusionSlicer import dependencies, display
+from PETDiffusionSlicer.logic import TaskLogic
+from PETDiffusionSlicer.resources import resource_path
+
+TASK_ID = "ct-to-pet"
+
+
+#
+# CTtoPETSynthesis
+#
+class CTtoPETSynthesis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "CT to PET Synthesis"
+        self.parent.categories = ["Nuclear Medicine"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PETDiffusion contributors"]
+        self.parent.helpText = (
+            "Synthesizes an FDG PET volume in SUV from a CT (CPDM: a Brownian bridge diffusion model guided "
+            "by an attention map and an attenuation map). The result lies on the CT grid, is named "
+            "[SYNTHETIC] and carries the attribute PETDiffusion.synthetic = 1. Use the compare layout to "
+            "review CT | reference PET | synthetic PET side by side. Research use only, not for diagnosis.")
+        self.parent.acknowledgementText = (
+            "Method: Li et al., CPDM (CT-to-PET diffusion). Built on 3D Slicer, MONAI and PyTorch.")
+        icon = _icon_path()
+        if icon:
+            self.parent.icon = qt.QIcon(icon)
+
+
+def _icon_path() -> str | None:
+    try:
+        return resource_path("Icons/CTtoPETSynthesis.png")
+    except FileNotFoundError:
+        return None
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class CTtoPETSynthesisParameterNode:
+    inputCT: vtkMRMLScalarVolumeNode
+    referencePET: vtkMRMLScalarVolumeNode
+    kvp: Annotated[float, WithinRange(70.0, 150.0)] = 120.0
+    steps: Annotated[int, WithinRange(1, 1000)] = 20
+    samples: Annotated[int, WithinRange(1, 64)] = 1
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
+    modelPath: pathlib.Path = pathlib.Path()
+
+
+#
+# Widget: GUI wiring only
+#
+class CTtoPETSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(resource_path("UI/CTtoPETSynthesis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CTtoPETSynthesisLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onPollTimer)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._run is not None:
+            self._run.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._run is not None:
+            self._run.cancel()
+            self._finishRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputCT:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if node:
+                self._parameterNode.inputCT = node
+
+    def setParameterNode(self, inputParameterNode: Optional[CTtoPETSynthesisParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        running = self._run is not None and self._run.state == "running"
+        ready = bool(self._parameterNode and self._parameterNode.inputCT)
+        self.ui.applyButton.enabled = running or ready
+        self.ui.applyButton.toolTip = ("Cancel the running synthesis" if running else
+                                       "Synthesize PET from the CT" if ready else "Select a CT volume")
+
+    def onApplyButton(self) -> None:
+        if self._run is not None and self._run.state == "running":
+            self._run.cancel()
+            self._finishRun()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start CT to PET synthesis.", waitCursor=True):
+            if not dependencies.ensure_dependencies("CT to PET Synthesis"):
+                self.ui.statusLabel.text = "The required Python packages are not installed."
+                return
+            self.ui.statusLabel.text = "Starting..."
+            self._run = self.logic.processParameterNode(self._parameterNode, on_progress=self.onProgress,
+                                                        on_log=self.onLog)
+            self.ui.applyButton.text = "Cancel"
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.visible = True
+            self.ui.exportButton.enabled = False
+            self.ui.compareButton.enabled = False
+            self._timer.start()
+            self._checkCanApply()
+
+    def onPollTimer(self) -> None:
+        if self._run is None or self._run.poll():
+            self._finishRun()
+
+    def onProgress(self, fraction: float, stage: str, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = f"{stage}: {message}" if message else stage
+
+    def onLog(self, level: str, message: str) -> None:
+        logging.getLogger(__name__).log(logging.WARNING if level == "warning" else logging.INFO, message)
+        if level in ("warning", "error"):
+            self.ui.statusLabel.text = message
+
+    def _finishRun(self) -> None:
+        self._timer.stop()
+        self.ui.applyButton.text = "Apply"
+        self.ui.progressBar.visible = False
+        run = self._run
+        if run is not None and run.state == "completed":
+            self.logic.showResults(run)
+            seconds = (run.manifest or {}).get("seconds")
+            self.ui.statusLabel.text = (f"Done ({seconds} s). Synthetic PET: "
+                                        f"{run.output_nodes.get('pet_synthetic').GetName() if run.output_nodes.get('pet_synthetic') else '-'}")
+            self.ui.exportButton.enabled = True
+            self.ui.compareButton.enabled = True
+        elif run is not None and run.state == "failed":
+            self.ui.statusLabel.text = f"Failed: {run.error}"
+            slicer.util.errorDisplay(run.error, windowTitle="CT to PET Synthesis")
+        elif run is not None and run.state == "cancelled":
+            self.ui.statusLabel.text = "Cancelled."
+        self._checkCanApply()
+
+    def onExportButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export report to folder")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            files = self.logic.exportReport(self._run, folder)
+            self.ui.statusLabel.text = f"Exported {len(files)} file(s) to {folder}"
+
+    def onCompareButton(self) -> None:
+        if self._run is None or self._run.state != "completed":
+            return
+        self.logic.showCompare(self._run, self._parameterNode.referencePET)
+
+
+def vtk_modified_event():
+    import vtk
+    return vtk.vtkCommand.ModifiedEvent
+
+
+#
+# Logic: usable without the widget (Python console, tests)
+#
+class CTtoPETSynthesisLogic(ScriptedLoadableModuleLogic, TaskLogic):
+    """Example (Python console)::
+
+        logic = slicer.util.getModuleLogic("CTtoPETSynthesis")
+        run = logic.process({"ct": ctNode}, {"steps": 5, "seed": 0}, waitForCompletion=True)
+        petNode = run.output_nodes["pet_synthetic"]
+    """
+
+    task = TASK_ID
+    input_roles = ("ct",)
+    reference_role = "ct"
+    parameter_names = ("kvp", "steps", "samples", "seed")
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        TaskLogic.__init__(self, TASK_ID)
+
+    def getParameterNode(self):
+        return CTtoPETSynthesisParameterNode(super().getParameterNode())
+
+    def processParameterNode(self, p, **kw):
+        params = {n: getattr(p, n) for n in self.parameter_names}
+        model = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
+        return self.process({"ct": p.inputCT}, params, device=p.device, model=model, **kw)
+
+    def showCompare(self, run, referencePET=None) -> None:
+        display.show_compare_layout(run.inputs.get("ct"), referencePET, run.output_nodes.get("pet_synthetic"))
+
+
+#
+# Test: runs only inside Slicer (Testing/test_slicer_*.py covers the same machinery with pytest)
+#
+class CTtoPETSynthesisTest(ScriptedLoadableModuleTest):
+    """Set PETDIFFUSION_RUN_MODEL_TESTS=1 to also run the model (slow on a CPU)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_library_error_reaches_user()
+        if os.environ.get("PETDIFFUSION_RUN_MODEL_TESTS") == "1":
+            self.setUp()
+            self.test_synthesis_on_tiny_ct()
+
+    def _tinyCT(self):
+        import numpy as np
+        hu = np.full((8, 32, 32), -1000.0, dtype=np.float32)
+        hu[:, 6:26, 6:26] = 40.0          # soft tissue
+        hu[:, 12:20, 10:14] = 700.0        # bone
+        node = slicer.util.addVolumeFromArray(hu, nodeClassName="vtkMRMLScalarVolumeNode", name="tiny CT")
+        node.SetSpacing(2.0, 2.0, 3.0)
+        from PETDiffusionSlicer import nodes
+        nodes.set_volume_units(node, "HU")
+        return node
+
+    def test_library_error_reaches_user(self):
+        from PETDiffusionSlicer.runner import TaskError
+        ct = self._tinyCT()
+        logic = CTtoPETSynthesisLogic()
+        try:
+            logic.process({"ct": ct}, {"steps": 0}, waitForCompletion=True)
+        except TaskError as exc:
+            self.assertIn("steps", str(exc))
+        else:
+            self.fail("steps = 0 should be refused by the library")
+        self.delayDisplay("library error reached the user")
+
+    def test_synthesis_on_tiny_ct(self):
+        ct = self._tinyCT()
+        logic = CTtoPETSynthesisLogic()
+        run = logic.process({"ct": ct}, {"steps": 2, "seed": 0}, waitForCompletion=True, device="cpu")
+        pet = run.output_nodes["pet_synthetic"]
+        self.assertEqual(pet.GetAttribute("PETDiffusion.synthetic"), "1")
+        self.assertIn("[SYNTHETIC]", pet.GetName())
+        self.assertEqual(pet.GetImageData().GetDimensions(), ct.GetImageData().GetDimensions())
+        self.delayDisplay("synthetic PET created")

@@ -1,0 +1,127 @@
+"""Static checks of the Slicer modules: they compile, their Widget code and parameter nodes match their
+.ui files, and the CMake resource lists match the files on disk. (The modules import qt/ctk and the
+Slicer application, so they cannot be imported outside desktop Slicer; they are parsed instead.)"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["PETDenoiseSegment", "CTtoPETSynthesis"]
+
+
+def module_source(name: str) -> str:
+    return (ROOT / "PETDiffusion" / f"{name}.py").read_text(encoding="utf-8")
+
+
+def ui_tree(name: str) -> ET.ElementTree:
+    return ET.parse(ROOT / "Resources" / "UI" / f"{name}.ui")
+
+
+def ui_widget_names(name: str) -> set[str]:
+    return {w.get("name") for w in ui_tree(name).iter("widget")}
+
+
+def ui_parameter_bindings(name: str) -> dict[str, str]:
+    """SlicerParameterName -> widget object name."""
+    out = {}
+    for w in ui_tree(name).iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                out[prop.find("string").text] = w.get("name")
+    return out
+
+
+def parameter_node_fields(source: str) -> list[str]:
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
+            return [st.target.id for st in node.body if isinstance(st, ast.AnnAssign)]
+    raise AssertionError("no @parameterNodeWrapper class found")
+
+
+def cmake_list(variable: str) -> list[str]:
+    text = (ROOT / "PETDiffusion" / "CMakeLists.txt").read_text()
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, f"{variable} not set in PETDiffusion/CMakeLists.txt"
+    return m.group(1).split()
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_file_compiles(name):
+    compile(module_source(name), f"{name}.py", "exec")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_has_the_four_classes(name):
+    classes = {n.name for n in ast.walk(ast.parse(module_source(name))) if isinstance(n, ast.ClassDef)}
+    assert {name, f"{name}Widget", f"{name}Logic", f"{name}Test", f"{name}ParameterNode"} <= classes
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_widget_the_code_references_exists_in_the_ui(name):
+    referenced = set(re.findall(r"self\.ui\.(\w+)", module_source(name)))
+    assert referenced, "the Widget code references no widgets"
+    missing = referenced - ui_widget_names(name)
+    assert not missing, f"{name}.py references widgets not in {name}.ui: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_parameter_node_field_has_a_bound_widget_and_back(name):
+    fields = parameter_node_fields(module_source(name))
+    bindings = ui_parameter_bindings(name)
+    assert sorted(fields) == sorted(bindings), (
+        f"parameter node fields {sorted(fields)} vs SlicerParameterName in {name}.ui {sorted(bindings)}")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_file_is_a_qmrml_widget_with_apply_progress_status_export(name):
+    root = ui_tree(name).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == name
+    assert {"applyButton", "progressBar", "statusLabel", "exportButton"} <= ui_widget_names(name)
+
+
+def test_every_resource_listed_in_cmake_exists_and_every_resource_is_listed():
+    listed = set(cmake_list("PETDIFFUSION_RESOURCES"))
+    on_disk = {str(p.relative_to(ROOT / "Resources")) for p in (ROOT / "Resources").rglob("*") if p.is_file()}
+    assert listed == on_disk, f"listed only: {sorted(listed - on_disk)}; on disk only: {sorted(on_disk - listed)}"
+
+
+def test_every_helper_script_listed_in_cmake_exists_and_every_script_is_listed():
+    listed = set(cmake_list("PETDIFFUSION_HELPER_SCRIPTS"))
+    on_disk = {str(p.relative_to(ROOT / "PETDiffusion")) for p in (ROOT / "PETDiffusion" / "PETDiffusionSlicer").glob("*.py")}
+    assert listed == on_disk, f"listed only: {sorted(listed - on_disk)}; on disk only: {sorted(on_disk - listed)}"
+    modules = set(re.findall(r"foreach\(MODULE_NAME ([\w ]+)\)", (ROOT / "PETDiffusion" / "CMakeLists.txt").read_text())[0].split())
+    assert modules == {p.stem for p in (ROOT / "PETDiffusion").glob("*.py")} == set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_icon_is_a_png(name):
+    data = (ROOT / "Resources" / "Icons" / f"{name}.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_extension_metadata_is_complete():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf'set\({key} "[^"]+"\)', text), key
+    assert "add_subdirectory(PETDiffusion)" in text
+
+
+def test_terminology_file_is_valid_json_with_snomed_codes():
+    data = json.loads((ROOT / "Resources" / "Terminology" / "PETDiffusion.term.json").read_text())
+    categories = data["SegmentationCodes"]["Category"]
+    types = {t["3dSlicerLabel"]: t for c in categories for t in c["Type"]}
+    # SNOMED CT concept ids (DICOM PS3.16 CID 7150/7151 use the same codes)
+    assert types["lesion"]["CodeValue"] == "52988006"
+    assert types["liver"]["CodeValue"] == "10200004"
+    assert types["lungs"]["CodeValue"] == "39607008"
+    for t in types.values():
+        assert t["CodingSchemeDesignator"] == "SCT" and len(t["recommendedDisplayRGBValue"]) == 3
