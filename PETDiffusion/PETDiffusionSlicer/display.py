@@ -1,0 +1,123 @@
+"""How results are shown: PET colour map and SUV window fused over CT, the compare layout, segmentations.
+
+Display-node settings are plain MRML and work anywhere (tested with slicer-core). What needs the
+application (slice views, layouts) is guarded by :func:`has_views` and happens only in desktop Slicer.
+"""
+from __future__ import annotations
+
+import slicer
+
+from . import nodes
+
+PET_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"   # Slicer's built-in PET-Heat table
+SUV_WINDOW = (0.0, 10.0)        # SUVbw; typical FDG reading window (liver ~2, lesions > 2.5)
+CT_WINDOW = (-160.0, 240.0)     # HU; soft-tissue window (W 400, L 40)
+PET_OVER_CT_OPACITY = 0.5
+
+# A custom layout id, above Slicer's built-in ones (vtkMRMLLayoutNode SlicerLayout* < 1000).
+COMPARE_LAYOUT_ID = 71001
+COMPARE_VIEWS = ("Red", "Yellow", "Green")   # CT | reference PET | synthetic PET
+COMPARE_LAYOUT_XML = """
+<layout type="horizontal">
+ <item><view class="vtkMRMLSliceNode" singletontag="Red">
+  <property name="orientation" action="default">Axial</property>
+  <property name="viewlabel" action="default">CT</property>
+  <property name="viewcolor" action="default">#F34A33</property></view></item>
+ <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
+  <property name="orientation" action="default">Axial</property>
+  <property name="viewlabel" action="default">PET</property>
+  <property name="viewcolor" action="default">#EDD54C</property></view></item>
+ <item><view class="vtkMRMLSliceNode" singletontag="Green">
+  <property name="orientation" action="default">Axial</property>
+  <property name="viewlabel" action="default">sPET</property>
+  <property name="viewcolor" action="default">#6EB04B</property></view></item>
+</layout>
+"""
+
+
+def has_views() -> bool:
+    """True in desktop Slicer (an application with a layout manager)."""
+    app = getattr(slicer, "app", None)
+    return app is not None and hasattr(app, "layoutManager") and app.layoutManager() is not None
+
+
+def show_pet(volume_node, window: tuple[float, float] = SUV_WINDOW) -> None:
+    """PET-Heat colour map, a fixed SUV window (0-10 SUV by default), no interpolation change."""
+    volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    if volume_node.GetScene().GetNodeByID(PET_COLOR_NODE_ID) is not None:
+        display.SetAndObserveColorNodeID(PET_COLOR_NODE_ID)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*window)
+
+
+def show_ct(volume_node, window: tuple[float, float] = CT_WINDOW) -> None:
+    volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*window)
+
+
+def show_segmentation(seg_node, in_3d: bool = True) -> None:
+    """Outlines in 2D, and a closed surface for the 3D view."""
+    seg_node.CreateDefaultDisplayNodes()
+    display = seg_node.GetDisplayNode()
+    display.SetVisibility2DFill(True)
+    display.SetVisibility2DOutline(True)
+    display.SetOpacity2DFill(0.3)
+    display.SetVisibility3D(in_3d)
+    if in_3d:
+        seg_node.CreateClosedSurfaceRepresentation()
+
+
+def fuse_pet_over_ct(pet_node, ct_node=None) -> None:
+    """PET over CT in every slice view (desktop Slicer only)."""
+    show_pet(pet_node)
+    if ct_node is not None:
+        show_ct(ct_node)
+    if not has_views():
+        return
+    if ct_node is None:
+        slicer.util.setSliceViewerLayers(background=pet_node, foreground=None, fit=True)
+    else:
+        slicer.util.setSliceViewerLayers(background=ct_node, foreground=pet_node,
+                                         foregroundOpacity=PET_OVER_CT_OPACITY, fit=True)
+
+
+def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None:
+    """CT | reference PET | synthetic PET side by side, slices linked (desktop Slicer only)."""
+    show_ct(ct_node)
+    for pet in (reference_pet_node, synthetic_pet_node):
+        if pet is not None:
+            show_pet(pet)
+    if not has_views():
+        return
+    layout_manager = slicer.app.layoutManager()
+    layout_logic = layout_manager.layoutLogic()
+    if not layout_logic.GetLayoutNode().IsLayoutDescription(COMPARE_LAYOUT_ID):
+        layout_logic.GetLayoutNode().AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
+    layout_manager.setLayout(COMPARE_LAYOUT_ID)
+    for view, volume in zip(COMPARE_VIEWS, (ct_node, reference_pet_node, synthetic_pet_node)):
+        widget = layout_manager.sliceWidget(view)
+        if widget is None or volume is None:
+            continue
+        composite = widget.mrmlSliceCompositeNode()
+        composite.SetBackgroundVolumeID(volume.GetID())
+        composite.SetForegroundVolumeID(None)
+        composite.SetLabelVolumeID(None)
+        composite.SetLinkedControl(True)   # one slice position, zoom and pan for all three
+        widget.sliceLogic().FitSliceToAll()
+
+
+def show_results(output_nodes: dict, input_nodes: dict) -> None:
+    """Default display after a run: PET outputs fused over CT (or the input PET), segmentations."""
+    ct = input_nodes.get("ct")
+    pets = [n for n in output_nodes.values()
+            if n.IsA("vtkMRMLScalarVolumeNode") and not n.IsA("vtkMRMLLabelMapVolumeNode")
+            and n.GetAttribute(nodes.UNITS_ATTRIBUTE) == "SUVbw"]
+    for node in output_nodes.values():
+        if node.IsA("vtkMRMLSegmentationNode"):
+            show_segmentation(node)
+    if pets:
+        fuse_pet_over_ct(pets[0], ct)

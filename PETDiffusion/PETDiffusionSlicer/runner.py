@@ -1,0 +1,410 @@
+"""Run a PETDiffusionLib task in a separate process and bring its outputs back as MRML nodes.
+
+The library runs as ``PythonSlicer -m PETDiffusionLib run <task> --<input> FILE ... --out DIR
+--progress json`` inside Slicer (plain ``python`` outside), on temporary NRRD copies of the input
+nodes. A reader thread turns each JSON line of its stdout into an event (progress, log, result,
+error; protocol in PETDiffusionLib/progress.py) on a queue; :meth:`TaskRun.poll`, called from the
+main thread (a QTimer in the panel, a loop in ``wait``), hands the events to the callbacks and, when
+the process has ended, loads the outputs listed in ``manifest.json``. Nodes are only ever created
+on the main thread and only after a successful run, so a cancelled or failed run adds nothing to
+the scene. Cancel kills the whole process tree and removes every temporary file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import SimpleITK as sitk
+
+from . import nodes
+from .resources import library_root
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str, str], None]   # (fraction, stage, message)
+LogCallback = Callable[[str, str], None]                # (level, message)
+
+TEMP_PREFIX = "PETDiffusion-run-"
+
+
+class TaskError(RuntimeError):
+    """The library reported an error: ``str(exc)`` is the library's own message."""
+
+
+class TaskCancelled(RuntimeError):
+    pass
+
+
+def python_executable() -> str:
+    """PythonSlicer inside Slicer (Slicer's Python with its environment), else this interpreter."""
+    if hasattr(slicer_module(), "app"):
+        exe = shutil.which("PythonSlicer")
+        if exe:
+            return exe
+        candidate = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if candidate.exists():
+            return str(candidate)
+    return sys.executable
+
+
+def slicer_module():
+    import slicer
+    return slicer
+
+
+def subprocess_environment(device: str | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    root = library_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"  # keep a CPU run off the GPU entirely
+    return env
+
+
+def library_command(*args: str) -> list[str]:
+    return [python_executable(), "-m", "PETDiffusionLib", *args]
+
+
+def task_spec(task: str, timeout: float = 120.0) -> dict:
+    """The task's spec (inputs, parameters with defaults and ranges, outputs) from the library."""
+    proc = subprocess.run(library_command("spec", task), capture_output=True, text=True,
+                          env=subprocess_environment(None), timeout=timeout)
+    if proc.returncode != 0:
+        raise TaskError(_last_error_line(proc.stderr) or f"petdiffusion spec {task} failed ({proc.returncode})")
+    return json.loads(proc.stdout)[task]
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("petdiffusion: error: "):
+            return ln[len("petdiffusion: error: "):]
+    return lines[-1] if lines else ""
+
+
+def kill_process_tree(pid: int, timeout: float = 2.0) -> None:
+    """Kill a process and all its descendants (psutil where present, else its process group)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            parent = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        procs = parent.children(recursive=True) + [parent]
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=timeout)
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+    else:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class TaskRun:
+    """One run of one task. States: created -> running -> completed | failed | cancelled."""
+
+    def __init__(self, task: str, inputs: Mapping[str, object], parameters: Mapping[str, object] | None = None,
+                 *, spec: dict | None = None, model: str | None = None, device: str | None = None,
+                 reference: str | None = None, on_progress: ProgressCallback | None = None,
+                 on_log: LogCallback | None = None, temp_root: str | None = None,
+                 results_dir: str | None = None):
+        self.task = task
+        self.inputs = {k: v for k, v in inputs.items() if v is not None}
+        self.parameters = {k: v for k, v in (parameters or {}).items() if v is not None}
+        self.spec = spec
+        self.model = model
+        self.device = device
+        self.reference_role = reference or next(iter(self.inputs), None)
+        self.on_progress = on_progress
+        self.on_log = on_log
+        self.temp_root = temp_root
+        self.results_dir = Path(results_dir) if results_dir else None
+        self.state = "created"
+        self.error: str | None = None
+        self.fraction = 0.0
+        self.stage = ""
+        self.fractions: list[float] = []
+        self.manifest: dict | None = None
+        self.output_dir: Path | None = None     # kept after success (for Export)
+        self.output_nodes: dict[str, object] = {}
+        self.output_files: dict[str, Path] = {}
+        self.work_dir: Path | None = None
+        self.process: subprocess.Popen | None = None
+        self._events: queue.Queue = queue.Queue()
+        self._stderr_tail: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self._manifest_path: str | None = None
+        self._error_event: str | None = None
+
+    # -- command line -----------------------------------------------------------------------
+    def command(self, input_files: Mapping[str, Path], out_dir: Path) -> list[str]:
+        args = ["run", self.task]
+        for role, path in input_files.items():
+            args += [f"--{role}", str(path)]
+        for name, value in self.parameters.items():
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + name.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        args += ["--out", str(out_dir), "--progress", "json"]
+        if self.device:
+            args += ["--device", self.device]
+        if self.model:
+            args += ["--model", str(self.model)]
+        return library_command(*args)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> "TaskRun":
+        if self.state != "created":
+            raise RuntimeError("a TaskRun starts once")
+        self.work_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.temp_root))
+        try:
+            input_files = {}
+            for role, node in self.inputs.items():
+                path = self.work_dir / f"{role}.nrrd"
+                if isinstance(node, (str, os.PathLike)):
+                    input_files[role] = Path(node)
+                else:
+                    nodes.write_volume_node(node, path)
+                    input_files[role] = path
+            out_dir = self.work_dir / "out"
+            cmd = self.command(input_files, out_dir)
+            log.info("starting %s", " ".join(cmd))
+            popen_kw = {}
+            if os.name == "nt":
+                popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            else:
+                popen_kw["start_new_session"] = True  # its own process group: cancel kills all of it
+            self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                            env=subprocess_environment(self.device), **popen_kw)
+        except BaseException:
+            self._remove_work_dir()
+            raise
+        self.state = "running"
+        for target, stream in ((self._read_stdout, self.process.stdout), (self._read_stderr, self.process.stderr)):
+            t = threading.Thread(target=target, args=(stream,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _read_stdout(self, stream) -> None:
+        for line in stream:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = {"event": "log", "level": "info", "message": line}
+            if not isinstance(event, dict):
+                event = {"event": "log", "level": "info", "message": line}
+            self._events.put(event)
+
+    def _read_stderr(self, stream) -> None:
+        for line in stream:
+            self._stderr_tail.append(line.rstrip("\n"))
+            del self._stderr_tail[:-200]
+
+    def poll(self) -> bool:
+        """Deliver queued events; finish the run when the process has ended. True when finished."""
+        if self.state != "running":
+            return True
+        self._drain()
+        if self.process.poll() is None:
+            return False
+        for t in self._threads:
+            t.join(timeout=5)
+        self._drain()
+        self._finish(self.process.returncode)
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            kind = event.get("event")
+            if kind == "progress":
+                self.fraction = float(event.get("fraction", 0.0))
+                self.stage = str(event.get("stage", ""))
+                self.fractions.append(self.fraction)
+                if self.on_progress:
+                    self.on_progress(self.fraction, self.stage, str(event.get("message", "")))
+            elif kind == "log":
+                if self.on_log:
+                    self.on_log(str(event.get("level", "info")), str(event.get("message", "")))
+            elif kind == "result":
+                self._manifest_path = event.get("manifest")
+            elif kind == "error":
+                self._error_event = str(event.get("message", ""))
+
+    def _finish(self, returncode: int) -> None:
+        try:
+            if returncode != 0 or self._error_event is not None:
+                self.error = (self._error_event or _last_error_line("\n".join(self._stderr_tail))
+                              or f"the {self.task} process ended with status {returncode}")
+                self.state = "failed"
+                return
+            manifest_path = Path(self._manifest_path) if self._manifest_path else self.work_dir / "out" / "manifest.json"
+            self.output_dir = self._keep_outputs(manifest_path.parent)
+            self.manifest = json.loads((self.output_dir / "manifest.json").read_text())
+            self.output_nodes = load_outputs(self.manifest, self.output_dir, self.spec,
+                                             reference=self.inputs.get(self.reference_role), task=self.task)
+            self.output_files = {k: self.output_dir / v["file"] for k, v in self.manifest.get("outputs", {}).items()}
+            self.state = "completed"
+        except Exception as exc:  # loading failed: report it, leave no half-loaded nodes behind
+            for node in self.output_nodes.values():
+                if node is not None and node.GetScene() is not None:
+                    node.GetScene().RemoveNode(node)
+            self.output_nodes = {}
+            self.error = f"could not load the results of {self.task}: {exc}"
+            self.state = "failed"
+        finally:
+            self._remove_work_dir()
+
+    def _keep_outputs(self, out_dir: Path) -> Path:
+        """Move the output folder out of the temporary folder (Export reads it later)."""
+        if self.results_dir is None:
+            base = Path(tempfile.gettempdir()) / "PETDiffusion-results"
+            base.mkdir(parents=True, exist_ok=True)
+            dest = Path(tempfile.mkdtemp(prefix=f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=base))
+        else:
+            dest = self.results_dir
+            dest.mkdir(parents=True, exist_ok=True)
+        for item in out_dir.iterdir():
+            target = dest / item.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            shutil.move(str(item), str(target))
+        return dest
+
+    def cancel(self) -> None:
+        """Kill the process tree, drop pending events, remove temporary files. No nodes are made."""
+        if self.state != "running":
+            return
+        if self.process and self.process.poll() is None:
+            kill_process_tree(self.process.pid)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for t in self._threads:
+            t.join(timeout=2)
+        self._events = queue.Queue()
+        self.state = "cancelled"
+        self._remove_work_dir()
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> "TaskRun":
+        """Block until finished; raises TaskError with the library's message on failure."""
+        t0 = time.monotonic()
+        while not self.poll():
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                self.cancel()
+                raise TaskError(f"{self.task} did not finish within {timeout:.0f} s and was stopped")
+            time.sleep(interval)
+        if self.state == "failed":
+            raise TaskError(self.error)
+        if self.state == "cancelled":
+            raise TaskCancelled(f"{self.task} was cancelled")
+        return self
+
+    def _remove_work_dir(self) -> None:
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            # the library stages beside --out inside work_dir; one retry covers late writes
+            if self.work_dir.exists():
+                time.sleep(0.1)
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs -> nodes
+# ------------------------------------------------------------------------------------------------
+def _label_names(manifest: dict, output_name: str, spec: dict | None) -> dict[int, str]:
+    keys = []
+    if spec:
+        for o in spec.get("outputs", []):
+            if o.get("name") == output_name and o.get("label_names"):
+                keys.append(o["label_names"])
+    singular = output_name[:-1] if output_name.endswith("s") else output_name
+    keys += [f"{output_name}_labels", f"{singular}_labels", f"{output_name}_names", "label_names"]
+    for key in keys:
+        value = manifest.get(key)
+        if isinstance(value, dict) and output_name in value and isinstance(value[output_name], (dict, list)):
+            value = value[output_name]
+        if isinstance(value, list):
+            return {i: str(n) for i, n in enumerate(value) if i > 0 or str(n).lower() not in ("background", "")}
+        if isinstance(value, dict) and value:
+            first_key, first_val = next(iter(value.items()))
+            if str(first_key).lstrip("-").isdigit():
+                return {int(k): str(v) for k, v in value.items() if int(k) != 0}
+            if isinstance(first_val, int) or str(first_val).isdigit():
+                return {int(v): str(k) for k, v in value.items() if int(v) != 0}
+    return {}
+
+
+def output_display_name(task: str, name: str) -> str:
+    return f"{task} {name.replace('_', ' ')}"
+
+
+def load_outputs(manifest: dict, out_dir: Path, spec: dict | None = None, reference=None,
+                 task: str | None = None) -> dict[str, object]:
+    """Volume, label map and table outputs listed in the manifest, as nodes (report/json stay files)."""
+    task = task or manifest.get("task", "PETDiffusion")
+    created: dict[str, object] = {}
+    try:
+        for name, info in manifest.get("outputs", {}).items():
+            path = Path(out_dir) / info["file"]
+            kind = info.get("kind")
+            synthetic = bool(info.get("synthetic"))
+            title = output_display_name(task, name)
+            if kind == "volume":
+                image = sitk.ReadImage(str(path))
+                node = nodes.volume_node_from_image(image, title, units=info.get("units"), synthetic=synthetic)
+            elif kind == "labelmap":
+                image = sitk.ReadImage(str(path))
+                names = _label_names(manifest, name, spec)
+                lesion = "lesion" in name.lower()
+                if lesion and not names:
+                    names = {1: "lesion"}
+                node = nodes.segmentation_from_label_image(image, names, title, reference_volume=reference,
+                                                           lesion=lesion, synthetic=synthetic)
+            elif kind == "table" and path.suffix.lower() == ".csv":
+                node = nodes.table_node_from_csv(path, title)
+            else:
+                continue
+            node.SetAttribute(nodes.TASK_ATTRIBUTE, task)
+            if reference is not None and kind != "labelmap":
+                nodes.place_in_study_of(node, reference)
+            created[name] = node
+    except Exception:
+        for node in created.values():
+            nodes.scene().RemoveNode(node)
+        raise
+    return created
