@@ -1,0 +1,1 @@
+"""Training recipes: one module per task, ``train(config_dict, args) -> int``."""

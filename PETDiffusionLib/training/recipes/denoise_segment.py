@@ -1,0 +1,388 @@
+"""Training recipe for the denoise-segment task (AMDiff), sized for a CPU.
+
+``petdiffusion train denoise-segment --config configs/denoise_segment.json`` calls :func:`train`.
+What it does (paper section in brackets):
+
+- Reads a simulator cohort (``case_XXXX/`` with ``suv_true``, ``pet_low_{25,10,5}``, ``organs``,
+  ``lesions``, ``ct``, ``case.json``), maps the simulator's organ names onto the organ branch's
+  classes (:data:`~PETDiffusionLib.networks.amdiff.ORGAN_CLASSES`) and keeps the volumes in memory.
+- Draws 2.5D training samples: one axial slice of the full-count reference, the low-count slice with
+  its neighbours (count fraction drawn from the config, 5-25 %), labels and CT; a random square crop;
+  half of the samples centred on lesion slices (the "adaptive patch sampling ... to balance
+  lesion-present and lesion-absent samples", Sec. 3.2).
+- Loss (Eq. 10): ``L_diff + lambda_warm (L_lor + L_rev + L_seg)``; lambda_warm by Eq. 11 over the
+  training "epochs" (here: fractions of the step budget, e_T/e_max = 100/800 as in Sec. 3.2).
+- Saves a resumable checkpoint every few minutes; ``export`` writes the model folder (EMA weights).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn as nn
+
+from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.networks.amdiff import (LESION_CLASSES, ORGAN_CLASSES, DenoisingRevision,
+                                             Denoiser, DualBranchSegmenter, SUVNormalisation,
+                                             lambda_warm, lesion_organ_regularizer, revision_loss,
+                                             segmentation_loss, segmenter_input)
+
+log = logging.getLogger(__name__)
+
+# Simulator organ names -> organ-branch class (substring match, first hit wins). Lungs and kidneys
+# are single classes as in the paper's evaluation (Sec. 3.1).
+ORGAN_NAME_MAP: tuple[tuple[str, str], ...] = (
+    ("liver", "liver"), ("lung", "lung"), ("kidney", "kidney"), ("spleen", "spleen"),
+    ("aorta", "aorta"), ("bone", "bone"), ("skelet", "bone"), ("spine", "bone"),
+    ("vertebra", "bone"), ("rib", "bone"), ("pelvi", "bone"), ("femur", "bone"),
+    ("marrow", "bone"), ("skull", "bone"), ("muscle", "muscle"),
+)
+
+
+def organ_class_lut(organ_labels: dict) -> np.ndarray:
+    """A lookup table simulator label id -> organ-branch class index (0 for unmapped organs)."""
+    ids = [int(k) for k in organ_labels]
+    lut = np.zeros(max(ids + [0]) + 1, dtype=np.uint8)
+    for k, name in organ_labels.items():
+        low = str(name).lower()
+        for key, cls in ORGAN_NAME_MAP:
+            if key in low:
+                lut[int(k)] = ORGAN_CLASSES.index(cls)
+                break
+    return lut
+
+
+@dataclass
+class DenoiseSegmentConfig:
+    cohort: str = "cohorts/train"
+    run_dir: str = "runs/denoise_segment"
+    fractions: list[int] = field(default_factory=lambda: [25, 10, 5])  # % counts (issue: 5-25 %)
+    val_cases: int = 4                # last N cases of the cohort kept for validation
+    patch: int = 64                   # square crop side (voxels) for training
+    batch: int = 8
+    minutes: float = 50.0             # wall-clock budget
+    max_steps: int = 100000
+    lr_denoiser: float = 1e-3
+    lr_segmenter: float = 1e-3
+    ema: float = 0.995
+    e_t_fraction: float = 100 / 800   # Sec. 3.2: e_T = 100 of e_max = 800 epochs
+    lor_max_t_fraction: float = 0.5  # x0 estimates from noisier steps are mostly noise
+    lesion_slice_fraction: float = 0.5
+    ct_dropout: float = 0.5
+    num_train_timesteps: int = 250    # Sec. 3.2: T = 250
+    lor_weights: list[float] = field(default_factory=lambda: [4.0, 1, 1, 1, 1, 1, 1, 1])
+    background_weight: float = 0.5
+    lesion_class_weights: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    organ_class_weights: list[float] = field(default_factory=lambda: [1.0] * len(ORGAN_CLASSES))
+    denoiser: dict = field(default_factory=lambda: {"context": 1, "channels": [16, 32, 64, 64]})
+    revision: dict = field(default_factory=lambda: {"hidden": 16, "layers": 3})
+    segmenter: dict = field(default_factory=lambda: {"channels": [16, 32, 48, 64],
+                                                     "encoder": "conv", "use_ct": True})
+    segmenter_only: bool = False      # encoder comparison: train f_seg alone on the low-count input
+    checkpoint_minutes: float = 3.0
+    seed: int = 0
+    threads: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenoiseSegmentConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CaseArrays:
+    name: str
+    suv: np.ndarray                   # full-count reference, float32 [Z,Y,X]
+    low: dict[int, np.ndarray]        # fraction -> low-count SUV, float16
+    organs: np.ndarray                # organ-branch classes, uint8
+    lesions: np.ndarray               # binary, uint8
+    ct: np.ndarray | None             # HU, float16
+    lesion_slices: np.ndarray
+
+
+def _read(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError("cohort file missing", path)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def load_case(case_dir: Path, fractions: list[int]) -> CaseArrays:
+    info = json.loads((case_dir / "case.json").read_text())
+    lut = organ_class_lut(info.get("organ_labels", {}))
+    organs_raw = _read(case_dir / "organs.nii.gz").astype(np.int64)
+    organs = lut[np.clip(organs_raw, 0, len(lut) - 1)]
+    lesions = (_read(case_dir / "lesions.nii.gz") > 0).astype(np.uint8)
+    ct = _read(case_dir / "ct.nii.gz").astype(np.float16) if (case_dir / "ct.nii.gz").is_file() else None
+    return CaseArrays(
+        name=case_dir.name, suv=_read(case_dir / "suv_true.nii.gz").astype(np.float32),
+        low={f: _read(case_dir / f"pet_low_{f}.nii.gz").astype(np.float16) for f in fractions},
+        organs=organs, lesions=lesions, ct=ct,
+        lesion_slices=np.nonzero(lesions.reshape(lesions.shape[0], -1).any(1))[0])
+
+
+def list_cases(cohort: str | Path) -> list[Path]:
+    cases = sorted(p for p in Path(cohort).glob("case_*") if (p / "case.json").is_file())
+    if not cases:
+        raise InputError("no case_*/case.json folders in the cohort", cohort)
+    return cases
+
+
+class SliceSampler:
+    """Random 2.5D training samples (see module docstring)."""
+
+    def __init__(self, cases: list[CaseArrays], cfg: DenoiseSegmentConfig, seed: int):
+        self.cases, self.cfg = cases, cfg
+        self.rng = np.random.default_rng(seed)
+        self.k = int(cfg.denoiser.get("context", 1))
+
+    def _one(self):
+        cfg, rng, k = self.cfg, self.rng, self.k
+        c = self.cases[rng.integers(len(self.cases))]
+        frac = cfg.fractions[rng.integers(len(cfg.fractions))]
+        z_n, y_n, x_n = c.suv.shape
+        on_lesion = len(c.lesion_slices) and rng.random() < cfg.lesion_slice_fraction
+        z = int(rng.choice(c.lesion_slices)) if on_lesion else int(rng.integers(z_n))
+        p = min(cfg.patch, y_n, x_n)
+        if on_lesion:
+            ys, xs = np.nonzero(c.lesions[z])
+            i = rng.integers(len(ys))
+            y0 = int(np.clip(ys[i] - rng.integers(p), 0, y_n - p))
+            x0 = int(np.clip(xs[i] - rng.integers(p), 0, x_n - p))
+        else:
+            y0, x0 = int(rng.integers(y_n - p + 1)), int(rng.integers(x_n - p + 1))
+        zs = np.clip(np.arange(z - k, z + k + 1), 0, z_n - 1)
+        sl = (slice(y0, y0 + p), slice(x0, x0 + p))
+        low = c.low[frac][zs][(slice(None),) + sl].astype(np.float32)
+        ct_ok = c.ct is not None and rng.random() >= cfg.ct_dropout
+        ct = c.ct[z][sl].astype(np.float32) if ct_ok else None
+        out = [low, c.suv[z][sl][None], c.organs[z][sl][None], c.lesions[z][sl][None]]
+        if rng.random() < 0.5:  # left-right flip
+            out = [a[..., ::-1] for a in out]
+            ct = None if ct is None else ct[..., ::-1]
+        return out, ct
+
+    def batch(self, n: int) -> dict[str, torch.Tensor]:
+        items = [self._one() for _ in range(n)]
+        low = torch.from_numpy(np.stack([it[0][0] for it in items]).copy())
+        suv = torch.from_numpy(np.stack([it[0][1] for it in items]).copy())
+        organs = torch.from_numpy(np.stack([it[0][2] for it in items]).astype(np.int64))
+        lesions = torch.from_numpy(np.stack([it[0][3] for it in items]).astype(np.int64))
+        ct = torch.zeros_like(suv)
+        has_ct = torch.zeros(n)
+        for i, (_, c) in enumerate(items):
+            if c is not None:
+                ct[i, 0] = torch.from_numpy(c.copy())
+                has_ct[i] = 1
+        return {"low": low, "suv": suv, "organs": organs, "lesions": lesions, "ct": ct,
+                "has_ct": has_ct}
+
+
+# --------------------------------------------------------------------------------------------
+# Networks and loss (Eq. 10)
+# --------------------------------------------------------------------------------------------
+def network_specs(cfg: DenoiseSegmentConfig) -> dict[str, dict]:
+    return {
+        "denoiser": {"class": "PETDiffusionLib.networks.amdiff.Denoiser", "args": dict(cfg.denoiser)},
+        "revision": {"class": "PETDiffusionLib.networks.amdiff.DenoisingRevision",
+                     "args": dict(cfg.revision)},
+        "segmenter": {"class": "PETDiffusionLib.networks.amdiff.DualBranchSegmenter",
+                      "args": dict(cfg.segmenter)},
+    }
+
+
+def build_networks(cfg: DenoiseSegmentConfig) -> dict[str, nn.Module]:
+    from PETDiffusionLib.models.card import build_network
+    return {name: build_network(spec) for name, spec in network_specs(cfg).items()}
+
+
+def seg_input_from_batch(u_hcr, u_lc, batch, use_ct: bool) -> torch.Tensor:
+    x = segmenter_input(u_hcr, u_lc, None, use_ct)
+    if use_ct:
+        flag = batch["has_ct"].view(-1, 1, 1, 1).to(x.dtype)
+        x[:, 2:3] = (batch["ct"] / 1000.0).clamp(-1.0, 2.0) * flag
+        x[:, 3:4] = flag.expand_as(x[:, 3:4])
+    return x
+
+
+def amdiff_loss(batch: dict, networks: dict[str, nn.Module], diffusion: ConditionalDiffusion,
+                norm: SUVNormalisation, cfg: DenoiseSegmentConfig, lam: float
+                ) -> tuple[torch.Tensor, dict]:
+    """Eq. 10 on one batch; returns (loss, logs)."""
+    den, rev, seg = networks["denoiser"], networks["revision"], networks["segmenter"]
+    k = den.context
+    low = batch["low"]
+    cond = norm.to_x(low)                                    # I_LC slices, clipped at the cut-off
+    u_lc = norm.to_u(low[:, k:k + 1])                        # centre slice, unclipped
+    x0 = norm.to_x(batch["suv"])
+    u_ref_clip = norm.x_to_u(x0)
+    u_ref = norm.to_u(batch["suv"])
+    use_ct = seg.use_ct
+    logs: dict[str, float] = {}
+    if cfg.segmenter_only:
+        les_logits, org_logits = seg(seg_input_from_batch(u_lc, u_lc, batch, use_ct))
+        l_seg = segmentation_loss(les_logits, org_logits, batch["lesions"], batch["organs"],
+                                  cfg.lesion_class_weights, cfg.organ_class_weights)
+        return l_seg, {"seg": float(l_seg)}
+    b = x0.shape[0]
+    T = diffusion.num_train_timesteps
+    t = torch.randint(0, T, (b,))
+    eps = torch.randn_like(x0)
+    x_t = diffusion.scheduler.add_noise(x0, eps, t)
+    eps_hat = den(torch.cat([x_t, cond], 1), t)
+    l_diff = (eps_hat - eps).abs().mean()                    # Eq. 3
+    logs["diff"] = float(l_diff)
+    loss = l_diff
+    if lam > 0:
+        sel = t < max(1, int(cfg.lor_max_t_fraction * T))
+        if sel.any():
+            ab = diffusion.alphas_cumprod[t[sel]].float().view(-1, 1, 1, 1)
+            x0_hat = ((x_t[sel] - (1 - ab).sqrt() * eps_hat[sel]) / ab.sqrt()).clamp(-1, 1)
+            u_hc = norm.x_to_u(x0_hat)                       # P_HC
+            org, les = batch["organs"][sel], batch["lesions"][sel]
+            l_lor = lesion_organ_regularizer(u_hc, u_ref_clip[sel], org, les, cfg.lor_weights)
+            u_hcr = rev(u_hc, u_lc[sel])                     # P_HCR, Eq. 6
+            l_rev = revision_loss(u_hcr, u_ref[sel], org, les, cfg.lor_weights,
+                                  cfg.background_weight)     # Eq. 7
+            sub = {kk: v[sel] for kk, v in batch.items()}
+            les_logits, org_logits = seg(seg_input_from_batch(u_hcr, u_lc[sel], sub, use_ct))
+            l_seg = segmentation_loss(les_logits, org_logits, les, org,
+                                      cfg.lesion_class_weights, cfg.organ_class_weights)
+            loss = loss + lam * (l_lor + l_rev + l_seg)
+            logs.update(lor=float(l_lor), rev=float(l_rev), seg=float(l_seg))
+    logs["lambda"] = lam
+    return loss, logs
+
+
+# --------------------------------------------------------------------------------------------
+# Loop (resumable)
+# --------------------------------------------------------------------------------------------
+def _ema_update(ema: dict[str, nn.Module], nets: dict[str, nn.Module], decay: float) -> None:
+    with torch.no_grad():
+        for name, net in nets.items():
+            for pe, p in zip(ema[name].parameters(), net.parameters()):
+                pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            for be, b in zip(ema[name].buffers(), net.buffers()):
+                be.copy_(b)
+
+
+def train(config: dict, args=None) -> int:
+    cfg = DenoiseSegmentConfig.from_dict(config)
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    cases_dirs = list_cases(cfg.cohort)
+    n_val = min(cfg.val_cases, max(0, len(cases_dirs) - 1))
+    train_dirs = cases_dirs[:len(cases_dirs) - n_val]
+    t_load = time.time()
+    cases = [load_case(d, cfg.fractions) for d in train_dirs]
+    log.info("loaded %d training cases in %.0f s (kept %d for validation)", len(cases),
+             time.time() - t_load, n_val)
+    sampler = SliceSampler(cases, cfg, cfg.seed)
+    nets = build_networks(cfg)
+    import copy
+    ema = {k: copy.deepcopy(v).eval() for k, v in nets.items()}
+    params_den = list(nets["denoiser"].parameters())
+    params_seg = list(nets["revision"].parameters()) + list(nets["segmenter"].parameters())
+    opt = torch.optim.Adam([{"params": params_den, "lr": cfg.lr_denoiser},
+                            {"params": params_seg, "lr": cfg.lr_segmenter}])
+    diffusion = ConditionalDiffusion(cfg.num_train_timesteps, "cosine", "epsilon")
+    norm = SUVNormalisation()
+    ckpt = run / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    history: list[dict] = []
+    if ckpt.is_file():  # resume (our own checkpoint, written by this function)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        for k in nets:
+            nets[k].load_state_dict(state["nets"][k])
+            ema[k].load_state_dict(state["ema"][k])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        sampler.rng = np.random.default_rng(cfg.seed + step)
+        history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
+        log.info("resumed at step %d (%.1f min)", step, elapsed / 60)
+    budget = cfg.minutes * 60
+    t0 = time.time() - elapsed
+    last_ckpt = time.time()
+    acc: dict[str, list[float]] = {}
+    for m in nets.values():
+        m.train()
+
+    def save():
+        state = {"nets": {k: v.state_dict() for k, v in nets.items()},
+                 "ema": {k: v.state_dict() for k, v in ema.items()},
+                 "opt": opt.state_dict(), "step": step, "elapsed": time.time() - t0}
+        torch.save(state, run / "checkpoint.tmp")
+        os.replace(run / "checkpoint.tmp", ckpt)
+        (run / "history.json").write_text(json.dumps(history))
+
+    while step < cfg.max_steps and time.time() - t0 < budget:
+        progress = (time.time() - t0) / budget                  # e / e_max
+        lam = lambda_warm(progress, 1.0, cfg.e_t_fraction)
+        if cfg.segmenter_only:
+            lam = 1.0
+        batch = sampler.batch(cfg.batch)
+        loss, logs = amdiff_loss(batch, nets, diffusion, norm, cfg, lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        _ema_update(ema, nets, cfg.ema)
+        step += 1
+        for k, v in logs.items():
+            acc.setdefault(k, []).append(v)
+        if step % 50 == 0:
+            rec = {"step": step, "minutes": round((time.time() - t0) / 60, 2),
+                   **{k: round(float(np.mean(v)), 5) for k, v in acc.items()}}
+            history.append(rec)
+            log.info("%s", rec)
+            acc = {}
+        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+            save()
+            last_ckpt = time.time()
+    save()
+    log.info("training stopped at step %d after %.1f min", step, (time.time() - t0) / 60)
+    return 0
+
+
+def export(run_dir: str | Path, folder: str | Path, card_extra: dict) -> Path:
+    """Write the EMA networks of a run as a model folder (card.json + model.safetensors)."""
+    from PETDiffusionLib.models.registry import save_model_folder
+    run = Path(run_dir)
+    cfg = DenoiseSegmentConfig.from_dict(json.loads((run / "config.json").read_text()))
+    nets = build_networks(cfg)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    for k in nets:
+        nets[k].load_state_dict(state["ema"][k])
+    card = {"task": "denoise-segment", "networks": network_specs(cfg),
+            "preprocessing": {"suv_cutoff": SUVNormalisation().cutoff,
+                              "context_slices": int(cfg.denoiser.get("context", 1))},
+            "diffusion": {"schedule": "cosine", "prediction": "epsilon",
+                          "num_train_timesteps": cfg.num_train_timesteps},
+            "classes": {"organs": list(ORGAN_CLASSES), "lesions": list(LESION_CLASSES)},
+            "training": {"config": asdict(cfg), "steps": int(state["step"]),
+                         "minutes": round(float(state["elapsed"]) / 60, 1)}}
+    for key, value in card_extra.items():
+        if isinstance(value, dict) and isinstance(card.get(key), dict):
+            card[key] = {**card[key], **value}
+        else:
+            card[key] = value
+    return save_model_folder(folder, nets, card)
