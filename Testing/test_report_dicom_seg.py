@@ -77,3 +77,16 @@ def test_seg_of_mask_on_another_grid_or_empty_is_refused(sts001, tmp_path):
     with pytest.raises(InputError, match="empty"):
         write_dicom_seg(mask * 0, series, {1: "GTV"}, tmp_path / "y.dcm")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_report_with_dicom_source_adds_lesion_seg_with_table_ids(sts001, shared_data, tmp_path):
+    from PETDiffusionLib.cli.main import main
+    series, mask, folder = sts001
+    rc = main(["report", "--pet", str(folder / "PET_image.nii.gz"), "--lesions",
+               str(folder / "PET_mask.nii.gz"), "--dicom-source",
+               str(shared_data / "petct_sts" / "dicom" / "STS_001" / "PET" / "image"),
+               "--out", str(tmp_path / "r")])
+    assert rc == 0
+    seg = hd.seg.segread(tmp_path / "r" / "lesions_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion 1"]
+    assert np.array_equal(seg_labels_on_grid(seg, mask) > 0, sitk.GetArrayFromImage(mask) > 0)

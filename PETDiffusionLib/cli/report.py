@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--model-version", default=None)
     p.add_argument("--patient-id", default="anonymous", help="pseudonymous ID (never a real name)")
     p.add_argument("--study-date", default=None)
+    p.add_argument("--dicom-source", metavar="DICOM_DIR", default=None,
+                   help="the PET's DICOM series: also write lesions_seg.dcm / organs_seg.dcm (DICOM SEG)")
     p.set_defaults(func=_report)
 
 
@@ -23,9 +25,13 @@ def _report(args) -> int:
     from PETDiffusionLib.report.pdf import make_report
     inputs = load_inputs(args)
     lesions, thresholds, _ = lesions_and_thresholds(inputs, args.threshold)
+    source = None
+    if args.dicom_source:
+        from PETDiffusionLib.report.dicom_seg import source_series
+        source = source_series(args.dicom_source)
     paths = make_report(args.out, inputs["pet"], lesions, inputs["organs"], inputs["organ_names"],
                         task=args.task, model_id=args.model_id, model_version=args.model_version,
                         synthetic=args.synthetic, patient_id=args.patient_id,
-                        study_date=args.study_date, thresholds=thresholds)
+                        study_date=args.study_date, thresholds=thresholds, dicom_source=source)
     print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} in {args.out}")
     return 0

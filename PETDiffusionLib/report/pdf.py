@@ -62,7 +62,8 @@ def _mip_figure(suv_img: sitk.Image, lesion_img: sitk.Image | None, rows: list[d
               (ox - sx / 2, ox + (nx - 0.5) * sx, oz - sz / 2, oz + (nz - 0.5) * sz), "R  <-  x (mm)  ->  L"),
              ("Sagittal MIP", arr.max(axis=2), None if lab is None else lab.any(axis=2),
               (oy - sy / 2, oy + (ny - 0.5) * sy, oz - sz / 2, oz + (nz - 0.5) * sz), "A  <-  y (mm)  ->  P")]
-    vmax = float(max(np.percentile(arr, 99.9), 1e-6))
+    # window: SUV 0 to the 99.5th percentile of the projections (robust to one hot voxel)
+    vmax = float(max(np.percentile(np.concatenate([v[1].ravel() for v in views]), 99.5), 1e-6))
     fig, axes = plt.subplots(1, 3, figsize=(7.3, 3.1), dpi=150, layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1, 1]})
     for ax, (title, mip, cont, extent, xlabel) in zip(axes[:2], views):
@@ -180,7 +181,7 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
     pdf.multi_cell(0, 5, line, **nl)
     pdf.image(io.BytesIO(figure_png), x=12, w=186)
     pdf.set_font("Helvetica", "I", 6.5)
-    pdf.multi_cell(0, 3.2, "Inverted grey scale, SUV 0 to the 99.9th percentile; red: lesion contours "
+    pdf.multi_cell(0, 3.2, "Inverted grey scale, SUV 0 to the 99.5th percentile of the projections; red: lesion contours "
                    "(projection of the lesion mask). " + "SUVpeak: " + DEFINITIONS["suv_peak"] + ". "
                    + DEFINITIONS["tlg"] + ". " + DEFINITIONS["volume_ml"] + ".", **nl)
     pdf.ln(1)
@@ -221,6 +222,24 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
     return bytes(pdf.output())
 
 
+def _write_segs(stage: Path, source: list, lesion_img, organ_img, organ_names,
+                result: QuantResult) -> dict[str, str]:
+    from PETDiffusionLib.report.dicom_seg import write_dicom_seg
+    out = {}
+    if lesion_img is not None and result.lesions:
+        labels = sitk.GetImageFromArray(_lesion_labels(lesion_img, "lesion mask").astype(np.uint16))
+        labels.CopyInformation(lesion_img)
+        write_dicom_seg(labels, source, {r["lesion_id"]: f"Lesion {r['lesion_id']}"
+                                         for r in result.lesions},
+                        stage / "lesions_seg.dcm", series_description="PETDiffusion lesions")
+        out["lesions_seg"] = "lesions_seg.dcm"
+    if organ_img is not None and result.organs and any(r["voxels"] for r in result.organs):
+        write_dicom_seg(organ_img, source, organ_names, stage / "organs_seg.dcm",
+                        series_description="PETDiffusion organs")
+        out["organs_seg"] = "organs_seg.dcm"
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
@@ -228,12 +247,15 @@ def make_report(out_dir: str | os.PathLike, suv_img: sitk.Image, lesion_img: sit
                 organ_img: sitk.Image | None = None, organ_names: dict[int, str] | None = None, *,
                 task: str, model_id: str | None, model_version: str | None, synthetic: bool,
                 patient_id: str = "anonymous", study_date: str | None = None,
-                extra: dict | None = None, thresholds: dict | None = None) -> dict[str, Path]:
+                extra: dict | None = None, thresholds: dict | None = None,
+                dicom_source: list | None = None) -> dict[str, Path]:
     """Write report.pdf, report.json, lesions.csv / organs.csv (as measured) and summary.json.
 
     ``synthetic`` must be True when the PET (or any image in the report) is a model output: the
     PDF then carries the synthetic banner on every page. ``extra`` (JSON-able) holds task facts,
-    printed under "Task details" and stored in report.json. Returns {name: final path}.
+    printed under "Task details" and stored in report.json. ``dicom_source`` (the PET's DICOM
+    series as pydicom datasets, on the PET grid) adds lesions_seg.dcm (one segment per lesion, ids
+    as in the table) and organs_seg.dcm. Returns {name: final path}.
     """
     from PETDiffusionLib.io.images import is_synthetic
     synthetic = bool(synthetic or is_synthetic(suv_img))
@@ -261,6 +283,10 @@ def make_report(out_dir: str | os.PathLike, suv_img: sitk.Image, lesion_img: sit
                   "research_use": RESEARCH_LINE, "summary": result.summary(),
                   "lesions": result.lesions, "organs": result.organs, "extra": extra or {},
                   "files": sorted(names.values()) + ["report.json"]}
+        if dicom_source:
+            names.update(_write_segs(stage, dicom_source, lesion_img, organ_img, organ_names,
+                                     result))
+            report["files"] = sorted(names.values()) + ["report.json"]
         atomic_write_text(stage / "report.json", to_json(report))
         names["report_json"] = "report.json"
     log.info("report written to %s", out_dir)
