@@ -107,7 +107,10 @@ def write_image(img: sitk.Image, path: str | os.PathLike, units: str | None = No
                 compress: bool = True) -> Path:
     """Write atomically; units/synthetic flags go into the header (see module docstring)."""
     path = Path(path)
-    img = sitk.Image(img)  # shallow copy so metadata edits stay local
+    src, img = img, sitk.Image(img)  # shallow copy so metadata edits stay local
+    # SimpleITK 2.5: the first SetMetaData on a copy drops the metadata it shared; copy it back
+    for key in src.GetMetaDataKeys():
+        img.SetMetaData(key, src.GetMetaData(key))
     set_units(img, units, synthetic, description)
     if _is_nifti(path):
         parts = []
