@@ -77,6 +77,7 @@ def new_headless_scene() -> "slicer.vtkMRMLScene":
     seg_logic.SetMRMLScene(sc)
     seg_logic.SetMRMLApplicationLogic(app_logic)
     app_logic.SetModuleLogic("Segmentations", seg_logic)
+    # Note: without Qt no subject hierarchy plugin gives new nodes an item; place_in_study_of makes one.
     sc._petdiffusion_logics = (app_logic, color_logic, seg_logic)  # keep them alive with the scene
     return sc
 
@@ -305,12 +306,16 @@ def place_in_study_of(node, reference_node) -> None:
     if sh is None:
         return
     ref_item = sh.GetItemByDataNode(reference_node)
-    item = sh.GetItemByDataNode(node)
-    if not ref_item or not item:
+    if not ref_item:
         return
     parent = sh.GetItemParent(ref_item)
-    if parent and parent != sh.GetSceneItemID():
+    if not parent or parent == sh.GetSceneItemID():
+        return
+    item = sh.GetItemByDataNode(node)
+    if item:
         sh.SetItemParent(item, parent)
+    else:
+        sh.CreateItem(parent, node)
 
 
 # ------------------------------------------------------------------------------------------------

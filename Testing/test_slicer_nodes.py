@@ -1,0 +1,198 @@
+"""MRML conversions with real slicer-core nodes and logics (no Qt): volumes, segmentations, tables,
+terminology and display settings, as the Slicer panels use them."""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "PETDiffusion"))
+
+import slicer  # noqa: E402  (slicer-core)
+import vtk  # noqa: E402
+
+from PETDiffusionSlicer import display, nodes  # noqa: E402
+
+
+@pytest.fixture()
+def scene():
+    sc = nodes.new_headless_scene()
+    yield sc
+    sc.Clear(1)
+
+
+def oblique_anisotropic(array: np.ndarray) -> sitk.Image:
+    """An image with anisotropic spacing, a non-trivial origin and a rotation about two axes."""
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing((0.78125, 1.3, 3.27))
+    img.SetOrigin((-201.5, 117.25, -33.3))
+    a, b = math.radians(17.0), math.radians(-9.0)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    img.SetDirection(tuple((rz @ rx).ravel()))
+    return img
+
+
+def test_pet_volume_round_trip_keeps_values_and_geometry_exactly(scene):
+    rng = np.random.default_rng(3)
+    suv = (rng.gamma(2.0, 1.5, size=(7, 9, 11))).astype(np.float32)
+    img = oblique_anisotropic(suv)
+    node = nodes.volume_node_from_image(img, "PET", units="SUVbw")
+    back = nodes.image_from_volume_node(node)
+    assert back.GetSpacing() == img.GetSpacing()
+    assert back.GetOrigin() == img.GetOrigin()
+    assert back.GetDirection() == img.GetDirection()
+    assert back.GetPixelID() == sitk.sitkFloat32
+    assert np.array_equal(sitk.GetArrayFromImage(back), suv)
+    # the node itself is in RAS: LPS x and y flip sign
+    assert node.GetOrigin() == pytest.approx((201.5, -117.25, -33.3), abs=0)
+
+
+def test_ct_volume_round_trip_keeps_integer_hu_exactly(scene):
+    hu = np.arange(-1024, -1024 + 5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
+    img = oblique_anisotropic(hu)
+    node = nodes.volume_node_from_image(img, "CT", units="HU")
+    back = nodes.image_from_volume_node(node)
+    assert back.GetPixelID() == sitk.sitkInt16
+    assert np.array_equal(sitk.GetArrayFromImage(back), hu)
+    assert (back.GetSpacing(), back.GetOrigin(), back.GetDirection()) == (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+
+
+def test_written_nrrd_loads_in_slicer_with_the_same_ijk_to_ras(scene, tmp_path):
+    """Independent check of the LPS/RAS handling: Slicer's own volume reader on the file we write."""
+    img = oblique_anisotropic(np.linspace(0, 9, 5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7))
+    node = nodes.volume_node_from_image(img, "PET", units="SUVbw")
+    path = nodes.write_volume_node(node, tmp_path / "pet.nrrd")
+    assert sitk.ReadImage(str(path)).GetMetaData("PETDiffusion.units") == "SUVbw"
+    volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLScene(scene)
+    loaded = volumes_logic.AddArchetypeVolume(str(path), "loaded", 0, vtk.vtkStringArray())
+    m1, m2 = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m1)
+    loaded.GetIJKToRASMatrix(m2)
+    assert np.allclose([[m1.GetElement(r, c) for c in range(4)] for r in range(4)],
+                       [[m2.GetElement(r, c) for c in range(4)] for r in range(4)], atol=1e-9)
+    assert np.array_equal(slicer.util.arrayFromVolume(loaded), slicer.util.arrayFromVolume(node))
+
+
+def test_units_are_attributes_and_dicom_coded_quantities(scene):
+    img = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    pet = nodes.volume_node_from_image(img, "PET", units="SUVbw")
+    ct = nodes.volume_node_from_image(img, "CT", units="HU")
+    assert pet.GetAttribute("PETDiffusion.units") == "SUVbw"
+    assert (pet.GetVoxelValueQuantity().GetCodeValue(), pet.GetVoxelValueQuantity().GetCodingSchemeDesignator()) == ("126400", "DCM")
+    assert (pet.GetVoxelValueUnits().GetCodeValue(), pet.GetVoxelValueUnits().GetCodingSchemeDesignator()) == ("{SUVbw}g/ml", "UCUM")
+    assert ct.GetVoxelValueUnits().GetCodeValue() == "[hnsf'U]"
+    assert nodes.image_from_volume_node(ct).GetMetaData("PETDiffusion.units") == "HU"
+
+
+def test_synthetic_volume_is_labelled_in_name_and_attribute(scene):
+    img = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    img.SetMetaData("PETDiffusion.synthetic", "1")
+    node = nodes.volume_node_from_image(img, "ct-to-pet pet synthetic", units="SUVbw")
+    assert node.GetName() == "ct-to-pet pet synthetic [SYNTHETIC]"
+    assert node.GetAttribute("PETDiffusion.synthetic") == "1"
+
+
+def _study_with(volume_node):
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    study = sh.CreateStudyItem(patient, "PET/CT study")
+    item = sh.GetItemByDataNode(volume_node)
+    if item:  # desktop Slicer gives every node an item; slicer-core alone does not
+        sh.SetItemParent(item, study)
+    else:
+        sh.CreateItem(study, volume_node)
+    return sh, study
+
+
+def test_label_map_becomes_named_coloured_segments_with_terminology(scene):
+    ref_img = oblique_anisotropic(np.zeros((6, 8, 10), np.float32))
+    reference = nodes.volume_node_from_image(ref_img, "PET", units="SUVbw")
+    sh, study = _study_with(reference)
+    labels = np.zeros((6, 8, 10), np.uint16)
+    labels[1:4, 2:5, 2:6] = 1      # 3*3*4 = 36 voxels
+    labels[2:6, 5:8, 6:10] = 4     # 4*3*4 = 48 voxels
+    labels[0, 0, 0:3] = 7          # 3 voxels, no name given
+    lab_img = sitk.GetImageFromArray(labels)
+    lab_img.CopyInformation(ref_img)
+    seg = nodes.segmentation_from_label_image(lab_img, {1: "liver", 4: "kidneys", 9: "spleen"}, "organs",
+                                              reference_volume=reference)
+    segmentation = seg.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["liver", "kidneys", "label 7"]
+    assert nodes.segment_voxel_counts(seg, reference) == {"liver": 36, "kidneys": 48, "label 7": 3}
+
+    liver = segmentation.GetNthSegment(0)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    tl = nodes.terminology_logic()
+    assert tl.DeserializeTerminologyEntry(liver.GetTerminology(), entry)
+    assert entry.GetTypeObject().GetCodeValue() == "10200004"            # SNOMED CT: liver
+    assert entry.GetTypeObject().GetCodingSchemeDesignator() == "SCT"
+    assert entry.GetCategoryObject().GetCodeValue() == "123037004"       # anatomical structure
+    assert liver.GetColor() == pytest.approx((221 / 255, 130 / 255, 101 / 255))
+    unnamed = slicer.vtkSlicerTerminologyEntry()
+    tl.DeserializeTerminologyEntry(segmentation.GetNthSegment(2).GetTerminology(), unnamed)
+    assert unnamed.GetTypeObject().GetCodeMeaning() == "Tissue"
+
+    # reference geometry = the PET (needed for DICOM SEG export), placed in the PET's study
+    assert seg.GetNodeReferenceID(seg.GetReferenceImageGeometryReferenceRole()) == reference.GetID()
+    assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
+    # the temporary label map node is gone
+    assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
+
+
+def test_lesion_label_map_gets_the_lesion_code(scene):
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1:3, 1:3, 1:3] = 1
+    seg = nodes.segmentation_from_label_image(sitk.GetImageFromArray(labels), {}, "lesions", lesion=True)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    nodes.terminology_logic().DeserializeTerminologyEntry(seg.GetSegmentation().GetNthSegment(0).GetTerminology(), entry)
+    assert (entry.GetCategoryObject().GetCodeValue(), entry.GetTypeObject().GetCodeValue()) == ("49755003", "52988006")
+
+
+def test_lesion_table_carries_the_lesion_columns_with_units(scene, tmp_path):
+    path = tmp_path / "lesions.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lesion_id", "voxel_count", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg"])
+        w.writerow([1, 120, 3.75, 12.5, 6.25, 9.8, 23.4375])
+        w.writerow([2, 40, 1.25, 4.0, 3.0, 3.1, 3.75])
+    table = nodes.table_node_from_csv(path, "lesions")
+    assert nodes.table_columns(table) == ["lesion_id", "voxel_count", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg"]
+    assert table.GetNumberOfRows() == 2
+    assert table.GetColumnUnitLabel("volume_ml") == "ml"
+    assert table.GetColumnUnitLabel("suv_max") == "g/ml"
+    assert table.GetColumnUnitLabel("tlg") == "g"
+    t = table.GetTable()
+    assert t.GetColumnByName("lesion_id").GetDataTypeAsString() == "int"
+    assert t.GetColumnByName("tlg").GetValue(0) == 23.4375
+    assert t.GetColumnByName("suv_peak").GetValue(1) == 3.1
+
+
+def test_pet_display_uses_pet_colour_map_and_suv_window(scene):
+    pet = nodes.volume_node_from_image(sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32)), "PET", units="SUVbw")
+    display.show_pet(pet)
+    d = pet.GetDisplayNode()
+    assert d.GetColorNodeID() == "vtkMRMLPETProceduralColorNodePET-Heat"
+    assert (d.GetWindowLevelMin(), d.GetWindowLevelMax()) == (0.0, 10.0)
+    assert not d.GetAutoWindowLevel()
+    assert not display.has_views()  # slicer-core: no application, view set-up is skipped
+
+
+def test_segmentation_display_shows_2d_and_3d(scene):
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[1:5, 1:5, 1:5] = 1
+    seg = nodes.segmentation_from_label_image(sitk.GetImageFromArray(labels), {1: "liver"}, "organs")
+    display.show_segmentation(seg)
+    d = seg.GetDisplayNode()
+    assert d.GetVisibility2DFill() and d.GetVisibility2DOutline() and d.GetVisibility3D()
+    surface = vtk.vtkPolyData()
+    seg.GetClosedSurfaceRepresentation(seg.GetSegmentation().GetNthSegmentID(0), surface)
+    assert surface.GetNumberOfPoints() > 0
