@@ -90,3 +90,17 @@ def test_cli_report_with_dicom_source_adds_lesion_seg_with_table_ids(sts001, sha
     seg = hd.seg.segread(tmp_path / "r" / "lesions_seg.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion 1"]
     assert np.array_equal(seg_labels_on_grid(seg, mask) > 0, sitk.GetArrayFromImage(mask) > 0)
+    # the TID 1500 SR beside it carries the table's numbers for that segment, with PET-IndiC codes
+    import csv
+    with open(tmp_path / "r" / "lesions.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    sr = hd.sr.srread(tmp_path / "r" / "lesions_sr.dcm")
+    group = sr.content.get_volumetric_roi_measurement_groups()[0]
+    assert group.tracking_identifier == "Lesion 1"
+    got = {(m.name.value, m.derivation.value if m.derivation else None): m.value
+           for m in group.get_measurements()}
+    assert got[("126401", "56851009")] == pytest.approx(float(row["suv_max"]), abs=1e-6)
+    assert got[("126401", "373098007")] == pytest.approx(float(row["suv_mean"]), abs=1e-6)
+    assert got[("126401", "126031")] == pytest.approx(float(row["suv_peak"]), abs=1e-6)
+    assert got[("118565006", None)] == pytest.approx(float(row["volume_ml"]), abs=1e-6)
+    assert got[("126033", None)] == pytest.approx(float(row["tlg"]), abs=1e-6)

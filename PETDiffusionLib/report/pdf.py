@@ -233,6 +233,9 @@ def _write_segs(stage: Path, source: list, lesion_img, organ_img, organ_names,
                                          for r in result.lesions},
                         stage / "lesions_seg.dcm", series_description="PETDiffusion lesions")
         out["lesions_seg"] = "lesions_seg.dcm"
+        from PETDiffusionLib.report.dicom_sr import write_lesion_sr
+        write_lesion_sr(result.lesions, stage / "lesions_seg.dcm", source, stage / "lesions_sr.dcm")
+        out["lesions_sr"] = "lesions_sr.dcm"
     if organ_img is not None and result.organs and any(r["voxels"] for r in result.organs):
         write_dicom_seg(organ_img, source, organ_names, stage / "organs_seg.dcm",
                         series_description="PETDiffusion organs")
@@ -255,7 +258,7 @@ def make_report(out_dir: str | os.PathLike, suv_img: sitk.Image, lesion_img: sit
     PDF then carries the synthetic banner on every page. ``extra`` (JSON-able) holds task facts,
     printed under "Task details" and stored in report.json. ``dicom_source`` (the PET's DICOM
     series as pydicom datasets, on the PET grid) adds lesions_seg.dcm (one segment per lesion, ids
-    as in the table) and organs_seg.dcm. Returns {name: final path}.
+    as in the table), lesions_sr.dcm (TID 1500 measurements per lesion) and organs_seg.dcm. Returns {name: final path}.
     """
     from PETDiffusionLib.io.images import is_synthetic
     synthetic = bool(synthetic or is_synthetic(suv_img))
