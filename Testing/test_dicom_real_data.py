@@ -67,3 +67,13 @@ def test_jpeg2000_ct_decodes_onto_the_grid_of_its_segmentation(shared_data):
     # 10..40 HU, vertebrae (T11/T12, 32/33) well above soft tissue
     assert 10 <= float(np.median(on_seg[np.isin(labels, [86, 87])])) <= 40
     assert float(np.median(on_seg[np.isin(labels, [32, 33])])) > 150
+
+
+def test_single_slice_pet_series_take_their_thickness_and_compute_suv(shared_data):
+    # TCIA ACRIN-FLT-Breast: two PET slices from two series, full SUV tags, no start datetime
+    series = find_series(shared_data / "pet_slices_acrin")
+    assert len(series) == 2
+    assert all(s.modality == "PT" and s.n_slices == 1 and s.suv_ok for s in series)
+    assert sorted(s.spacing[2] for s in series) == [3.0, 5.0]  # SliceThickness of one slice
+    with pytest.raises(Exception, match="2 series found"):
+        read_dicom_image(shared_data / "pet_slices_acrin")

@@ -22,9 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _suv(args) -> int:
+    from PETDiffusionLib.errors import InputError
     from PETDiffusionLib.io.dicom import read_pet_suv
-    from PETDiffusionLib.io.images import write_image
+    from PETDiffusionLib.io.images import IMAGE_SUFFIXES, write_image
     from PETDiffusionLib.physics.suv import SUVOverrides
+    if not any(args.out.lower().endswith(s) for s in IMAGE_SUFFIXES):
+        raise InputError(f"output must end in one of {', '.join(IMAGE_SUFFIXES)}", args.out)
     overrides = SUVOverrides(weight_kg=args.weight_kg, dose_mbq=args.dose_mbq,
                              injection_time=args.injection_time)
     img, factor = read_pet_suv(args.folder, args.suv_type, overrides, series_uid=args.series_uid,
