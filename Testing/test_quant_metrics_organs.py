@@ -104,3 +104,20 @@ def test_metrics_refuse_mismatched_shapes_nan_and_non_binary_masks():
         metrics.psnr(np.ones((4, 4, 4)), bad)
     with pytest.raises(InputError, match="binary"):
         metrics.dice(np.full((4, 4, 4), 2), np.ones((4, 4, 4)))
+
+
+def test_liver_reference_check_flags_liver_outside_eanm_range(tmp_path):
+    from PETDiffusionLib.quant.organs import liver_reference_check
+    from PETDiffusionLib.quant.tables import write_quant_outputs
+    import json
+    organs = np.zeros((30, 30, 30), np.uint8)
+    organs[2:28, 2:28, 2:28] = 1          # 52 mm cube on 2 mm voxels holds the 3 cm sphere
+    for liver_suv, inside in ((2.0, True), (3.4, False), (1.2, False)):
+        suv = np.where(organs == 1, liver_suv, 0.5).astype(np.float32)
+        check = liver_reference_check(image(suv), image(organs), {1: "liver"})
+        assert check["suv_mean"] == pytest.approx(liver_suv)
+        assert check["within_eanm_range"] is inside
+    paths = write_quant_outputs(tmp_path, image(suv), organ_img=image(organs), organ_names={1: "liver"})
+    summary = json.loads(paths["summary_json"].read_text())
+    assert summary["liver_reference"]["within_eanm_range"] is False
+    assert liver_reference_check(image(suv), image(organs), {1: "spleen"}) is None

@@ -312,7 +312,6 @@ def suvpeak_kernel(spacing_xyz: tuple[float, float, float],
     sp = np.array(spacing_xyz[::-1], float)  # z, y, x
     half = np.ceil(radius_mm / sp + 0.5).astype(int)
     sub = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5  # sub-voxel centres in voxel units
-    offs, weights = [], []
     rng = [np.arange(-h, h + 1) for h in half]
     oz, oy, ox = np.meshgrid(*rng, indexing="ij")
     # coordinates of every sub-sample of every voxel, in mm, relative to the centre voxel's centre

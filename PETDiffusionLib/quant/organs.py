@@ -11,6 +11,10 @@ from PETDiffusionLib.quant.lesions import (_check_grid, _name, check_suv_image, 
 
 log = logging.getLogger(__name__)
 
+#: EANM/EARL acceptable liver SUVmean in a 3 cm VOI (Boellaard et al. 2015, EANM guideline
+#: version 2.0, Eur J Nucl Med Mol Imaging 42:328; PHYSICS.md section 2 "EANM check").
+EANM_LIVER_SUVMEAN_RANGE = (1.3, 3.0)
+
 ORGAN_COLUMNS = ["organ", "label", "voxels", "volume_ml", "suv_mean", "suv_sd", "suv_median",
                  "suv_max"]
 
@@ -50,3 +54,22 @@ def organ_table(suv_img: sitk.Image, organ_img: sitk.Image, names: dict[int, str
             row.update(suv_mean=None, suv_sd=None, suv_median=None, suv_max=None)
         rows.append(row)
     return rows
+
+
+def liver_reference_check(suv_img: sitk.Image, organ_img: sitk.Image,
+                          names: dict[int, str] | None) -> dict | None:
+    """Liver SUVmean/SD in the PERCIST 3 cm sphere and whether it lies in the EANM range 1.3-3.0.
+
+    None when the organ names hold no liver.
+    """
+    from PETDiffusionLib.quant.lesions import percist_threshold
+    if not any("liver" in str(v).lower() for v in (names or {}).values()):
+        return None
+    th = percist_threshold(suv_img, organ_img, names)
+    if th["reference"] != "liver":
+        return None
+    lo, hi = EANM_LIVER_SUVMEAN_RANGE
+    return {"suv_mean": th["reference_mean"], "suv_sd": th["reference_sd"],
+            "voxels": th["reference_voxels"], "centre_mm": th["reference_centre_mm"],
+            "eanm_range": [lo, hi], "within_eanm_range": bool(lo <= th["reference_mean"] <= hi),
+            "source": "EANM guideline 2.0 (Boellaard 2015): liver SUVmean 1.3-3.0 in a 3 cm VOI"}

@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from PETDiffusionLib import __version__
 from PETDiffusionLib.io.atomic import atomic_write_text
 from PETDiffusionLib.quant.lesions import (LESION_COLUMNS, SUVPEAK_RADIUS_MM, check_suv_image,
-                                           lesion_table, lesion_totals, voxel_volume_ml)
-from PETDiffusionLib.quant.organs import ORGAN_COLUMNS, organ_table
+                                           lesion_table, lesion_totals)
+from PETDiffusionLib.quant.organs import ORGAN_COLUMNS, liver_reference_check, organ_table
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,14 @@ def quantify(suv_img: sitk.Image, lesion_img: sitk.Image | None = None,
     lesions = lesion_table(suv_img, lesion_img) if lesion_img is not None else None
     organs = organ_table(suv_img, organ_img, organ_names) if organ_img is not None else None
     units = suv_img.GetMetaData("PETDiffusion.units") if suv_img.HasMetaDataKey("PETDiffusion.units") else None
+    extra = {}
+    if organ_img is not None:
+        liver = liver_reference_check(suv_img, organ_img, organ_names)
+        if liver is not None:
+            extra["liver_reference"] = liver
     return QuantResult(lesions=lesions, organs=organs, thresholds=thresholds,
                        spacing_mm=tuple(suv_img.GetSpacing()), size=tuple(suv_img.GetSize()),
-                       units=units)
+                       units=units, extra=extra)
 
 
 def _cell(v) -> str:

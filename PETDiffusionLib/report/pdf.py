@@ -179,6 +179,14 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
     pdf.ln(1)
     pdf.set_font("Helvetica", "B", 9)
     pdf.multi_cell(0, 5, line, **nl)
+    liver = result.extra.get("liver_reference")
+    if liver:
+        lo, hi = liver["eanm_range"]
+        pdf.set_font("Helvetica", "", 8)
+        pdf.multi_cell(0, 4.2, f"Liver reference (3 cm sphere, {liver['voxels']} voxels): SUVmean "
+                       f"{fmt(liver['suv_mean'])}, SD {fmt(liver['suv_sd'])} - "
+                       f"{'within' if liver['within_eanm_range'] else 'OUTSIDE'} the EANM range "
+                       f"{lo}-{hi} (Boellaard 2015)", **nl)
     pdf.image(io.BytesIO(figure_png), x=12, w=186)
     pdf.set_font("Helvetica", "I", 6.5)
     pdf.multi_cell(0, 3.2, "Inverted grey scale, SUV 0 to the 99.5th percentile of the projections; red: lesion contours "
