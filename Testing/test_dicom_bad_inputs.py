@@ -165,3 +165,14 @@ def test_a_missing_folder_is_named(tmp_path):
     with pytest.raises(InputError, match="not found"):
         find_series(tmp_path / "nowhere")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_sheared_stack_from_gantry_tilt_is_refused(tmp_path):
+    files = small_pet(tmp_path / "pet")
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.5 * k, z]  # each slice shifted 0.5 mm in y
+        ds.save_as(f)
+    with pytest.raises(InputError, match="sheared"):
+        read_series(tmp_path / "pet")

@@ -42,6 +42,8 @@ SUV_RULE_KEY = "PETDiffusion.suv_rule"
 # written by one scanner agree to ~1e-6; 1e-4 allows for rounding in DS strings (16 characters).
 ORIENTATION_TOL = 1e-4
 POSITION_TOL_MM = 1e-3
+# Drift of slice origins off the normal tolerated (DS rounding of ImagePositionPatient).
+SHEAR_TOL_MM = 0.01
 # A step larger than this multiple of the typical spacing means slices are missing.
 GAP_FACTOR = 1.5
 # Steps may differ by this fraction of the spacing (DS rounding, table-position jitter).
@@ -113,6 +115,7 @@ def _read_header(path: Path) -> Dataset | None:
         if len(ds.PixelData) < expected:
             raise InputError(f"truncated DICOM file: pixel data has {len(ds.PixelData)} bytes, "
                              f"{expected} expected", path)
+    del ds.PixelData  # keep only headers in memory; read_series reads the pixels again
     return ds
 
 
@@ -192,6 +195,13 @@ def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
     proj = ipps @ normal
     order = list(np.argsort(proj, kind="stable"))
     pos = proj[order]
+    # The slice origins must lie on one line along the normal; otherwise the stack is sheared
+    # (CT gantry tilt) and a SimpleITK image (orthogonal axes) cannot hold it unresampled.
+    offsets = ipps[order] - ipps[order[0]]
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    if len(items) > 1 and float(np.abs(in_plane).max()) > SHEAR_TOL_MM:
+        problems.append(f"sheared slice stack (gantry tilt?): slice origins drift "
+                        f"{float(np.abs(in_plane).max()):.2f} mm off the slice normal")
     px = [float(v) for v in ds0.PixelSpacing] if "PixelSpacing" in ds0 else [1.0, 1.0]
     rows, cols = int(ds0.Rows), int(ds0.Columns)
     for p, d in items:
@@ -311,7 +321,7 @@ def read_series(info_or_folder: SeriesInfo | str | os.PathLike, series_uid: str 
 
 def _slice_values(path: Path, ds: Dataset) -> np.ndarray:
     try:
-        pixels = ds.pixel_array
+        pixels = pydicom.dcmread(path).pixel_array
     except Exception as exc:
         raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc}); transfer syntax "
                          f"{ds.file_meta.get('TransferSyntaxUID', '?')}", path) from exc
