@@ -1,7 +1,7 @@
 """DICOM export: round trip through the project's reader, SYNTHETIC marking, de-identification."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pydicom
