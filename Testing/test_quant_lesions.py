@@ -216,3 +216,21 @@ def test_pet_not_in_suv_is_refused():
     pet.SetMetaData("PETDiffusion.units", "Bq/mL")
     with pytest.raises(InputError, match="not SUV"):
         lesion_table(pet, image(np.ones((10, 10, 10), np.uint8)))
+
+
+def test_percist_falls_back_to_blood_pool_in_aorta_when_no_liver():
+    # aorta: a 16 mm wide vertical tube at SUV 1.5 (SD 0) -> threshold 2.0 x 1.5 + 2 x 0 = 3.0,
+    # measured in a 1 cm x 2 cm cylinder of 2 mm voxels: 21 voxel centres lie within 5 mm of the
+    # axis in a slice (1 + 4 at 2 mm + 4 at 2.8 mm + 4 at 4 mm + 8 at 4.5 mm), on 11 slices
+    # within +-10 mm: 231 voxels, all inside the aorta
+    shape = (40, 30, 30)
+    organs = np.zeros(shape, np.uint8)
+    z, y, x = np.indices(shape)
+    organs[((y - 15) * 2.0) ** 2 + ((x - 15) * 2.0) ** 2 <= 8.0 ** 2] = 4
+    suv = np.where(organs == 4, 1.5, 0.8).astype(np.float32)
+    sp = (2.0, 2.0, 2.0)
+    _, th = segment_lesions(image(suv, sp), "percist", organs=image(organs, sp),
+                            organ_names={4: "aorta"})
+    assert th["reference"] == "blood_pool"
+    assert th["threshold_suv"] == pytest.approx(3.0)
+    assert th["reference_voxels"] == 21 * 11

@@ -173,6 +173,37 @@ def _sphere_mask_mm(shape: tuple[int, int, int], spacing_zyx: np.ndarray, centre
     return d2 <= radius_mm ** 2
 
 
+def _voi_kernel(spacing_zyx: np.ndarray, radius_mm: float, half_length_mm: float | None) -> np.ndarray:
+    """Voxel-centre mask of a sphere (half_length None) or of a cylinder along the slice axis."""
+    ext = radius_mm if half_length_mm is None else max(radius_mm, half_length_mm)
+    half = np.floor(np.array([ext, radius_mm, radius_mm]) / spacing_zyx).astype(int)
+    half[0] = int(np.floor((radius_mm if half_length_mm is None else half_length_mm) / spacing_zyx[0]))
+    g = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    zz, yy, xx = (gi * sp for gi, sp in zip(g, spacing_zyx))
+    if half_length_mm is None:
+        return zz ** 2 + yy ** 2 + xx ** 2 <= radius_mm ** 2
+    return (yy ** 2 + xx ** 2 <= radius_mm ** 2) & (np.abs(zz) <= half_length_mm)
+
+
+def _best_voi_centre(region: np.ndarray, kernel: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Region voxel where the VOI holds the most region voxels; ties go to the deepest voxel.
+
+    Keeps the reference VOI whole inside the organ when it fits (PERCIST places the liver sphere
+    inside the right lobe, the blood-pool cylinder inside the aorta).
+    """
+    from scipy.signal import fftconvolve
+    idx = np.argwhere(region)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    crop = region[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    counts = fftconvolve(crop.astype(np.float32), kernel[::-1, ::-1, ::-1].astype(np.float32),
+                         mode="same")
+    counts = np.where(crop, np.round(counts), -1)
+    best = counts >= counts.max()
+    depth = ndimage.distance_transform_edt(np.pad(crop, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    pick = np.unravel_index(int(np.argmax(np.where(best, depth, -1))), crop.shape)
+    return np.array(pick) + lo
+
+
 def percist_threshold(suv_img: sitk.Image, organs: sitk.Image, organ_names: dict[int, str] | None,
                       suv: np.ndarray | None = None) -> dict:
     """PERCIST 1.0 threshold from the liver (1.5 x mean + 2 x SD in a 3 cm sphere).
@@ -205,23 +236,25 @@ def percist_threshold(suv_img: sitk.Image, organs: sitk.Image, organ_names: dict
         raise InputError("PERCIST threshold needs a label named 'liver' (or 'aorta' for the "
                          f"blood-pool fallback) in the organ names; found {sorted(names.values())}",
                          "organ label map")
-    dist = ndimage.distance_transform_edt(region, sampling=spacing_zyx)
-    centre = np.array(np.unravel_index(int(np.argmax(dist)), dist.shape), float)
     if reference == "liver":
-        voi = _sphere_mask_mm(region.shape, spacing_zyx, centre,
-                              PERCIST_LIVER_SPHERE_DIAMETER_MM / 2.0) & region
+        kernel = _voi_kernel(spacing_zyx, PERCIST_LIVER_SPHERE_DIAMETER_MM / 2.0, None)
     else:
-        grids = np.ogrid[tuple(slice(0, s) for s in region.shape)]
-        r2 = sum(((g - c) * sp) ** 2 for g, c, sp in zip(grids[1:], centre[1:], spacing_zyx[1:]))
-        dz = np.abs((grids[0] - centre[0]) * spacing_zyx[0])
-        voi = (r2 <= (PERCIST_BLOOD_CYLINDER_DIAMETER_MM / 2.0) ** 2) \
-            & (dz <= PERCIST_BLOOD_CYLINDER_LENGTH_MM / 2.0) & region
+        kernel = _voi_kernel(spacing_zyx, PERCIST_BLOOD_CYLINDER_DIAMETER_MM / 2.0,
+                             PERCIST_BLOOD_CYLINDER_LENGTH_MM / 2.0)
+    centre = _best_voi_centre(region, kernel, spacing_zyx)
+    voi = np.zeros(region.shape, bool)
+    half = np.array(kernel.shape) // 2
+    lo = centre - half
+    src = tuple(slice(max(0, -l), k - max(0, l + k - n)) for l, k, n in zip(lo, kernel.shape, region.shape))
+    dst = tuple(slice(max(0, l), min(n, l + k)) for l, k, n in zip(lo, kernel.shape, region.shape))
+    voi[dst] = kernel[src]
+    voi &= region
     values = suv[voi]
     if values.size < 2:
         raise InputError(f"the {reference} reference region holds {values.size} voxel(s); too small "
                          "for a mean and SD", "organ label map")
     mean, sd = float(values.mean()), float(values.std(ddof=1))
-    centre_mm = suv_img.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre[::-1]))
+    centre_mm = suv_img.TransformIndexToPhysicalPoint(tuple(int(c) for c in centre[::-1]))
     return {"rule": "percist", "reference": reference, "reference_mean": mean, "reference_sd": sd,
             "reference_voxels": int(values.size), "reference_centre_mm": list(centre_mm),
             "threshold_suv": factor * mean + PERCIST_SD_FACTOR * sd,
