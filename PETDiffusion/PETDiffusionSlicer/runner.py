@@ -158,6 +158,7 @@ class TaskRun:
         self._threads: list[threading.Thread] = []
         self._manifest_path: str | None = None
         self._error_event: str | None = None
+        self._input_labels: dict[str, str] = {}   # temporary file -> what the user calls it
 
     # -- command line -----------------------------------------------------------------------
     def command(self, input_files: Mapping[str, Path], out_dir: Path) -> list[str]:
@@ -191,6 +192,9 @@ class TaskRun:
                 else:
                     nodes.write_volume_node(node, path)
                     input_files[role] = path
+                    label = f'volume "{node.GetName()}" (--{role})'
+                    self._input_labels[str(path.resolve())] = label
+                    self._input_labels[str(path)] = label
             out_dir = self.work_dir / "out"
             cmd = self.command(input_files, out_dir)
             log.info("starting %s", " ".join(cmd))
@@ -269,6 +273,9 @@ class TaskRun:
             if returncode != 0 or self._error_event is not None:
                 self.error = (self._error_event or _last_error_line("\n".join(self._stderr_tail))
                               or f"the {self.task} process ended with status {returncode}")
+                # the library names the file it read; the user knows it by the node's name
+                for path, label in self._input_labels.items():
+                    self.error = self.error.replace(path, label)
                 self.state = "failed"
                 return
             manifest_path = Path(self._manifest_path) if self._manifest_path else self.work_dir / "out" / "manifest.json"
