@@ -117,3 +117,28 @@ def test_cli_report_synthetic_flag(shared_data, tmp_path, capsys):
     assert rc == 0
     text = pdf_text(tmp_path / "r" / "report.pdf")
     assert "SYNTHETIC IMAGE" in text and "denoise-segment" in text
+
+
+def test_report_with_60_lesions_and_45_organs_stays_within_two_pages(tmp_path):
+    # 60 separate 2x2x2-voxel lesions and 45 organ slabs: the PDF keeps to 2 pages, the CSVs hold all
+    arr = np.ones((60, 64, 64), np.float32)
+    lesions = np.zeros(arr.shape, np.uint8)
+    for i in range(60):
+        z, y = 4 * (i // 10) + 2, 6 * (i % 10) + 2
+        lesions[z:z + 2, y:y + 2, 10:12] = 1
+        arr[z:z + 2, y:y + 2, 10:12] = 3.0 + i / 10
+    organs = np.zeros(arr.shape, np.uint8)
+    for k in range(45):
+        organs[k, :, 40:60] = k + 1
+    pet = sitk.GetImageFromArray(arr)
+    paths = make_report(tmp_path, pet, sitk.GetImageFromArray(lesions),
+                        sitk.GetImageFromArray(organs), {k + 1: f"organ {k + 1}" for k in range(46)},
+                        task="quantify", model_id=None, model_version=None, synthetic=False)
+    doc = pdfium.PdfDocument(str(paths["report_pdf"]))
+    assert len(doc) <= 2
+    doc.close()
+    text = pdf_text(paths["report_pdf"])
+    assert "20 more lesions in lesions.csv" in text and "5 more organs in organs.csv" in text
+    assert "absent from the organ map: organ 46" in text
+    with open(paths["lesions_csv"]) as f:
+        assert len(f.read().strip().splitlines()) == 61

@@ -28,6 +28,8 @@ SYNTHETIC_BANNER = "SYNTHETIC IMAGE - RESEARCH USE ONLY, NOT FOR DIAGNOSIS"
 RESEARCH_LINE = "Research use only. Not for diagnosis. Not a medical device."
 #: most lesion rows printed in the PDF; the full table is always in lesions.csv.
 MAX_PDF_LESION_ROWS = 40
+#: most organ rows printed in the PDF (organs with voxels first); all are in organs.csv.
+MAX_PDF_ORGAN_ROWS = 40
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -113,6 +115,16 @@ def _pdf_class(synthetic: bool):
     from fpdf import FPDF
 
     class ReportPDF(FPDF):
+        def header(self):
+            if synthetic and self.page_no() > 1:  # page 1 carries it under the title
+                self.set_font("Helvetica", "B", 9)
+                self.set_fill_color(200, 0, 0)
+                self.set_text_color(255, 255, 255)
+                self.cell(0, 6, SYNTHETIC_BANNER, align="C", fill=True, new_x="LMARGIN", new_y="NEXT")
+                self.set_text_color(0, 0, 0)
+                self.set_fill_color(255, 255, 255)
+                self.ln(2)
+
         def footer(self):
             self.set_y(-12)
             self.set_font("Helvetica", "I", 7)
@@ -214,11 +226,21 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 10)
         pdf.cell(0, 6, f"Organs ({len(result.organs)})", **nl)
+        shown = [r for r in result.organs if r["voxels"]][:MAX_PDF_ORGAN_ROWS]
         body = [[r["organ"], str(r["label"]), str(r["voxels"]), fmt(r["volume_ml"]),
                  fmt(r["suv_mean"]), fmt(r["suv_sd"]), fmt(r["suv_median"]), fmt(r["suv_max"])]
-                for r in result.organs]
-        _table(pdf, ["Organ", "Label", "Voxels", "Volume (mL)", "SUVmean", "SUV SD", "SUVmedian",
-                     "SUVmax"], body, [44, 14, 20, 22, 20, 20, 22, 20])
+                for r in shown]
+        if body:
+            _table(pdf, ["Organ", "Label", "Voxels", "Volume (mL)", "SUVmean", "SUV SD", "SUVmedian",
+                         "SUVmax"], body, [44, 14, 20, 22, 20, 20, 22, 20])
+        absent = [r["organ"] for r in result.organs if not r["voxels"]]
+        more = len([r for r in result.organs if r["voxels"]]) - len(shown)
+        pdf.set_font("Helvetica", "I", 7)
+        if more > 0:
+            pdf.cell(0, 4, f"... {more} more organs in organs.csv", **nl)
+        if absent:
+            pdf.multi_cell(0, 4, "Named but absent from the organ map: " + ", ".join(absent[:30])
+                           + (" ..." if len(absent) > 30 else ""), **nl)
     if extra:
         pdf.ln(2)
         pdf.set_font("Helvetica", "B", 10)
