@@ -1,0 +1,43 @@
+"""`petdiffusion evaluate <task> --cohort DIR [--out FILE.json] ...`: a task's evaluation.
+
+Dispatches to ``PETDiffusionLib.tasks.<task_module>.evaluate(args) -> int``; task-specific options
+come from the task module's ``add_evaluate_args(parser)`` (parsed after the task is known, so that
+``petdiffusion --help`` stays fast; ``petdiffusion evaluate TASK --help`` lists them).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from PETDiffusionLib.cli.train import task_module_name
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.tasks.registry import TASK_MODULES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a task's model on a cohort",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       )
+    p.add_argument("task", choices=list(TASK_MODULES))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="--cohort DIR [--out FILE.json] and task options")
+    p.set_defaults(func=_evaluate)
+
+
+def evaluate_parser(task: str, module) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"petdiffusion evaluate {task}", conflict_handler="resolve")
+    p.add_argument("--cohort", required=True, help="folder of case_XXXX/ studies to evaluate on")
+    p.add_argument("--out", default=None, help="JSON file for the figures")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    if hasattr(module, "add_evaluate_args"):
+        module.add_evaluate_args(p)
+    return p
+
+
+def _evaluate(args) -> int:
+    module = importlib.import_module(f"PETDiffusionLib.tasks.{task_module_name(args.task)}")
+    if not hasattr(module, "evaluate"):
+        raise InputError(f"task {args.task} has no evaluation yet")
+    eargs = evaluate_parser(args.task, module).parse_args(args.rest)
+    eargs.task, eargs.verbose = args.task, getattr(args, "verbose", False)
+    return int(module.evaluate(eargs) or 0)
