@@ -41,6 +41,11 @@ def fmt(value, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def latin1(text) -> str:
+    """Text the PDF's core font can show (Latin-1); other characters become '?'."""
+    return str(text).encode("latin-1", "replace").decode("latin-1")
+
+
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
@@ -177,7 +182,7 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
         pdf.set_font("Helvetica", "B", 8)
         pdf.cell(38, 4.2, f"{key}:")
         pdf.set_font("Helvetica", "", 8)
-        pdf.cell(0, 4.2, str(value), **nl)
+        pdf.cell(0, 4.2, latin1(value), **nl)
     summary = result.summary()
     th = result.thresholds or {}
     seg = th.get("rule", "lesion mask given") if result.lesions is not None else "no lesion mask"
@@ -227,13 +232,13 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
         pdf.set_font("Helvetica", "B", 10)
         pdf.cell(0, 6, f"Organs ({len(result.organs)})", **nl)
         shown = [r for r in result.organs if r["voxels"]][:MAX_PDF_ORGAN_ROWS]
-        body = [[r["organ"], str(r["label"]), str(r["voxels"]), fmt(r["volume_ml"]),
+        body = [[latin1(r["organ"]), str(r["label"]), str(r["voxels"]), fmt(r["volume_ml"]),
                  fmt(r["suv_mean"]), fmt(r["suv_sd"]), fmt(r["suv_median"]), fmt(r["suv_max"])]
                 for r in shown]
         if body:
             _table(pdf, ["Organ", "Label", "Voxels", "Volume (mL)", "SUVmean", "SUV SD", "SUVmedian",
                          "SUVmax"], body, [44, 14, 20, 22, 20, 20, 22, 20])
-        absent = [r["organ"] for r in result.organs if not r["voxels"]]
+        absent = [latin1(r["organ"]) for r in result.organs if not r["voxels"]]
         more = len([r for r in result.organs if r["voxels"]]) - len(shown)
         pdf.set_font("Helvetica", "I", 7)
         if more > 0:
@@ -248,7 +253,7 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
         pdf.set_font("Helvetica", "", 8)
         for key, value in extra.items():
             text = fmt(value, 4) if isinstance(value, float) else str(value)
-            pdf.multi_cell(0, 4.2, f"{key}: {text}", **nl)
+            pdf.multi_cell(0, 4.2, latin1(f"{key}: {text}"), **nl)
     return bytes(pdf.output())
 
 
