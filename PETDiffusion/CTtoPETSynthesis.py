@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -59,11 +59,14 @@ def _icon_path() -> str | None:
 #
 @parameterNodeWrapper
 class CTtoPETSynthesisParameterNode:
+    # Ranges and defaults are the task spec's (`petdiffusion spec ct-to-pet`; checked by
+    # Testing/test_slicer_spec.py). kVp: the spec's default is the DICOM tag, else 120.
     inputCT: vtkMRMLScalarVolumeNode
+    inputOrgans: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     referencePET: vtkMRMLScalarVolumeNode
     kvp: Annotated[float, WithinRange(70.0, 150.0)] = 120.0
-    steps: Annotated[int, WithinRange(1, 1000)] = 20
-    samples: Annotated[int, WithinRange(1, 64)] = 1
+    steps: Annotated[int, WithinRange(2, 1000)] = 20
+    samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     modelPath: pathlib.Path = pathlib.Path()
@@ -234,7 +237,8 @@ class CTtoPETSynthesisLogic(ScriptedLoadableModuleLogic, TaskLogic):
     task = TASK_ID
     input_roles = ("ct",)
     reference_role = "ct"
-    parameter_names = ("kvp", "steps", "samples", "seed")
+    # task parameter -> parameter node field
+    parameter_fields = {"kvp": "kvp", "steps": "steps", "samples": "samples", "seed": "seed"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -244,9 +248,9 @@ class CTtoPETSynthesisLogic(ScriptedLoadableModuleLogic, TaskLogic):
         return CTtoPETSynthesisParameterNode(super().getParameterNode())
 
     def processParameterNode(self, p, **kw):
-        params = {n: getattr(p, n) for n in self.parameter_names}
+        params = {name: getattr(p, field) for name, field in self.parameter_fields.items()}
         model = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
-        return self.process({"ct": p.inputCT}, params, device=p.device, model=model, **kw)
+        return self.process({"ct": p.inputCT, "organs": p.inputOrgans}, params, device=p.device, model=model, **kw)
 
     def showCompare(self, run, referencePET=None) -> None:
         display.show_compare_layout(run.inputs.get("ct"), referencePET, run.output_nodes.get("pet_synthetic"))
@@ -284,11 +288,11 @@ class CTtoPETSynthesisTest(ScriptedLoadableModuleTest):
         ct = self._tinyCT()
         logic = CTtoPETSynthesisLogic()
         try:
-            logic.process({"ct": ct}, {"steps": 0}, waitForCompletion=True)
+            logic.process({"ct": ct}, {"steps": 1}, waitForCompletion=True)
         except TaskError as exc:
             self.assertIn("steps", str(exc))
         else:
-            self.fail("steps = 0 should be refused by the library")
+            self.fail("steps = 1 should be refused by the library (minimum 2)")
         self.delayDisplay("library error reached the user")
 
     def test_synthesis_on_tiny_ct(self):

@@ -61,11 +61,17 @@ def _icon_path() -> str | None:
 #
 @parameterNodeWrapper
 class PETDenoiseSegmentParameterNode:
+    # Ranges and defaults are the task spec's (`petdiffusion spec denoise-segment`; checked by
+    # Testing/test_slicer_spec.py). steps = 0 and startFraction = 0 mean "the model card's default".
     inputPET: vtkMRMLScalarVolumeNode
     inputCT: vtkMRMLScalarVolumeNode
-    steps: Annotated[int, WithinRange(1, 1000)] = 20
-    samples: Annotated[int, WithinRange(1, 64)] = 1
+    steps: Annotated[int, WithinRange(0, 250)] = 0
+    samples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    lesionThreshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    lesionMinMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.2
+    sampler: Annotated[str, Choice(["ddim", "ddpm", "dpmpp2m"])] = "ddim"
+    startFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     modelPath: pathlib.Path = pathlib.Path()
 
@@ -227,7 +233,10 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
     task = TASK_ID
     input_roles = ("pet", "ct")
     reference_role = "pet"
-    parameter_names = ("steps", "samples", "seed")
+    # task parameter -> parameter node field
+    parameter_fields = {"steps": "steps", "samples": "samples", "seed": "seed", "sampler": "sampler",
+                        "start_fraction": "startFraction", "lesion_threshold": "lesionThreshold",
+                        "lesion_min_ml": "lesionMinMl"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -237,13 +246,13 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
         return PETDenoiseSegmentParameterNode(super().getParameterNode())
 
     def processParameterNode(self, p, **kw):
-        params = {n: getattr(p, n) for n in self.parameter_names}
+        params = {name: getattr(p, field) for name, field in self.parameter_fields.items()}
         model = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
         return self.process({"pet": p.inputPET, "ct": p.inputCT}, params, device=p.device, model=model, **kw)
 
     def summaryText(self, run) -> str:
         """Lesion count, TMTV and TLG from the run's summary.json (as the library computed them)."""
-        summary = run.output_files.get("summary")
+        summary = run.output_files.get("summary_json")
         if summary is None or not summary.exists():
             return ""
         import json
@@ -293,11 +302,11 @@ class PETDenoiseSegmentTest(ScriptedLoadableModuleTest):
         pet = self._tinyPET()
         logic = PETDenoiseSegmentLogic()
         try:
-            logic.process({"pet": pet}, {"steps": 0}, waitForCompletion=True)
+            logic.process({"pet": pet}, {"steps": 251}, waitForCompletion=True)
         except TaskError as exc:
             self.assertIn("steps", str(exc))
         else:
-            self.fail("steps = 0 should be refused by the library")
+            self.fail("steps = 251 should be refused by the library (maximum 250)")
         self.delayDisplay("library error reached the user")
 
     def test_denoise_segment_on_tiny_pet(self):

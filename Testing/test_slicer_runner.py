@@ -138,11 +138,22 @@ def same_grid(a, b) -> bool:
             and np.allclose(ia.GetOrigin(), ib.GetOrigin()) and np.allclose(ia.GetDirection(), ib.GetDirection(), atol=1e-6))
 
 
+def tiny_organs(ct):
+    """A two-organ segmentation on the CT's grid (a Slicer user's own organ segmentation)."""
+    labels = np.zeros((8, 32, 32), np.uint16)
+    labels[2:6, 8:14, 8:14] = 1
+    labels[2:6, 18:22, 18:24] = 2
+    img = sitk.GetImageFromArray(labels)
+    img.CopyInformation(nodes.image_from_volume_node(ct))
+    return nodes.segmentation_from_label_image(img, {1: "liver", 2: "spleen"}, "my organs", reference_volume=ct)
+
+
 def test_ct_to_pet_streams_progress_and_creates_synthetic_pet_nodes(scene, models, specs, temp_root, tmp_path):
     ct = tiny_ct_node()
     sh, study = in_study(ct)
+    organs = tiny_organs(ct)
     seen = []
-    run = TaskRun("ct-to-pet", {"ct": ct}, {"steps": 2, "seed": 0, "kvp": 120.0}, spec=specs["ct-to-pet"],
+    run = TaskRun("ct-to-pet", {"ct": ct, "organs": organs}, {"steps": 2, "seed": 0, "kvp": 120.0}, spec=specs["ct-to-pet"],
                   model=models["ct-to-pet"], device="cpu", reference="ct", temp_root=str(temp_root),
                   results_dir=str(tmp_path / "results"), on_progress=lambda f, s, m: seen.append(f))
     t0 = time.monotonic()
@@ -161,6 +172,12 @@ def test_ct_to_pet_streams_progress_and_creates_synthetic_pet_nodes(scene, model
     assert {"attention_map", "attenuation_map"} <= set(run.output_nodes)
     assert run.output_nodes["attenuation_map"].GetAttribute("PETDiffusion.synthetic") == "0"
     assert sh.GetItemParent(sh.GetItemByDataNode(pet)) == study
+    # the segmentation input went to the library as a label map with its segment names
+    table = run.output_nodes["organs_csv"].GetTable()
+    organ_col = table.GetColumnByName("organ")
+    assert [organ_col.GetValue(i) for i in range(table.GetNumberOfRows())] == ["liver", "spleen"]
+    assert [table.GetColumnByName("voxels").GetValue(i) for i in range(2)] == [4 * 6 * 6, 4 * 4 * 6]
+    assert run.output_files["report"].is_file()
     assert list(temp_root.iterdir()) == []                        # inputs and staging removed
     assert (tmp_path / "results" / "manifest.json").is_file()     # outputs kept for Export
 
@@ -241,6 +258,6 @@ def test_bad_input_error_names_the_problem(scene, specs, models, temp_root):
         run.wait(timeout=120)
     print(f"library message: {exc.value}")
     # the temporary file name is replaced by the node's name; the rest is the library's text
-    assert str(exc.value).startswith('volume "not a CT" (--ct): ')
+    assert str(exc.value).startswith('"not a CT" (--ct): ')
     assert "is this a PET?" in str(exc.value) and run.state == "failed"
     assert not run.output_nodes and list(temp_root.iterdir()) == []

@@ -281,6 +281,25 @@ def segmentation_from_label_image(label_image: sitk.Image, names: Mapping[int, s
     return seg_node
 
 
+def label_image_from_segmentation(seg_node, reference_volume) -> tuple[sitk.Image, dict[int, str]]:
+    """The segmentation as a label image on the reference volume's grid (segment i -> label i+1),
+    and the label names (the segment names)."""
+    label = scene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__export")
+    try:
+        segmentation = seg_node.GetSegmentation()
+        ids = vtk.vtkStringArray()
+        names = {}
+        for i in range(segmentation.GetNumberOfSegments()):
+            ids.InsertNextValue(segmentation.GetNthSegmentID(i))
+            names[i + 1] = segmentation.GetNthSegment(i).GetName()
+        if not segmentations_logic().ExportSegmentsToLabelmapNode(seg_node, ids, label, reference_volume):
+            raise RuntimeError(f"exporting the segmentation {seg_node.GetName()} failed")
+        image = image_from_volume_node(label)
+        return sitk.Cast(image, sitk.sitkUInt16), names
+    finally:
+        scene().RemoveNode(label)
+
+
 def segment_voxel_counts(seg_node, reference_volume) -> dict[str, int]:
     """Voxels per segment name on the reference volume's grid (exports, counts, cleans up)."""
     label = scene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__count")

@@ -185,16 +185,20 @@ class TaskRun:
         self.work_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.temp_root))
         try:
             input_files = {}
+            reference = self.inputs.get(self.reference_role)
             for role, node in self.inputs.items():
                 path = self.work_dir / f"{role}.nrrd"
                 if isinstance(node, (str, os.PathLike)):
                     input_files[role] = Path(node)
+                    continue
+                if node.IsA("vtkMRMLSegmentationNode"):
+                    path = self._write_segmentation_input(role, node, reference)
                 else:
                     nodes.write_volume_node(node, path)
-                    input_files[role] = path
-                    label = f'volume "{node.GetName()}" (--{role})'
-                    self._input_labels[str(path.resolve())] = label
-                    self._input_labels[str(path)] = label
+                input_files[role] = path
+                label = f'"{node.GetName()}" (--{role})'
+                self._input_labels[str(path.resolve())] = label
+                self._input_labels[str(path)] = label
             out_dir = self.work_dir / "out"
             cmd = self.command(input_files, out_dir)
             log.info("starting %s", " ".join(cmd))
@@ -215,6 +219,19 @@ class TaskRun:
             t.start()
             self._threads.append(t)
         return self
+
+    def _write_segmentation_input(self, role: str, seg_node, reference) -> Path:
+        """A segmentation input as a label map on the reference grid, its segment names beside it in
+        case.json ({"organ_labels": {value: name}}, the simulator's convention the tasks read)."""
+        if reference is None or isinstance(reference, (str, os.PathLike)):
+            raise ValueError(f"{role}: a segmentation input needs a reference volume")
+        folder = self.work_dir / role
+        folder.mkdir()
+        image, names = nodes.label_image_from_segmentation(seg_node, reference)
+        path = folder / f"{role}.nrrd"
+        sitk.WriteImage(image, str(path), useCompression=True)
+        (folder / "case.json").write_text(json.dumps({"organ_labels": {str(k): v for k, v in names.items()}}))
+        return path
 
     def _read_stdout(self, stream) -> None:
         for line in stream:
