@@ -455,6 +455,263 @@ def add_evaluate_args(parser) -> None:
     parser.add_argument("--no-ct", action="store_true", help="evaluate without the CT input")
 
 
+EVAL_CLASSES = ("lesion", "liver", "lung", "bone", "kidney", "spleen", "aorta", "muscle")
+GAUSS_SIGMAS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)   # candidate widths (sigma, mm)
+ORACLE_FRACTION = 0.41          # PHYSICS.md Sec. 2: relative 41 % of each lesion's SUVmax
+FIXED_SUV_THRESHOLD = 2.5       # PHYSICS.md Sec. 2: fixed SUV >= 2.5
+ORACLE_MARGIN_MM = 10.0         # VOI around each true lesion for the oracle-seeded 41 % baseline
+
+
+def _gauss(arr: np.ndarray, sigma_mm: float, spacing_xyz) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    if sigma_mm <= 0:
+        return arr
+    sig = [sigma_mm / spacing_xyz[2], sigma_mm / spacing_xyz[1], sigma_mm / spacing_xyz[0]]
+    return gaussian_filter(arr, sig)
+
+
+def _nrmse(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    from PETDiffusionLib.quant.metrics import nrmse
+    if mask is not None and not mask.any():
+        return None
+    try:
+        return float(nrmse(ref, test, mask))
+    except InputError:
+        return None
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    sa, sb = int(a.sum()), int(b.sum())
+    if sa + sb == 0:
+        return None
+    return 2.0 * float(np.logical_and(a, b).sum()) / (sa + sb)
+
+
+def oracle_41(suv: np.ndarray, lesion_inst: np.ndarray, spacing_xyz) -> np.ndarray:
+    """41 % of SUVmax in a VOI around each true lesion (its box grown by ORACLE_MARGIN_MM), keeping
+    the connected part that holds the VOI's maximum: an oracle-seeded reference."""
+    from scipy.ndimage import find_objects, label
+    out = np.zeros(suv.shape, bool)
+    m = [int(math.ceil(ORACLE_MARGIN_MM / s)) for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
+    for sl in find_objects(lesion_inst.astype(np.int64)):
+        if sl is None:
+            continue
+        box = tuple(slice(max(0, s.start - mm), min(n, s.stop + mm))
+                    for s, mm, n in zip(sl, m, suv.shape))
+        voi = suv[box]
+        thr = ORACLE_FRACTION * float(voi.max())
+        lab, _ = label(voi >= thr)
+        peak = np.unravel_index(int(np.argmax(voi)), voi.shape)
+        out[box] |= lab == lab[peak]
+    return out
+
+
+def _pct_err(test: float, ref: float) -> float | None:
+    return None if ref <= 0 else 100.0 * (test - ref) / ref
+
+
+def _median_iqr(vals) -> dict:
+    v = np.array([x for x in vals if x is not None and np.isfinite(x)], float)
+    if len(v) == 0:
+        return {"median": None, "iqr": None, "n": 0}
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"median": round(float(med), 2), "iqr": [round(float(q1), 2), round(float(q3), 2)],
+            "n": int(len(v))}
+
+
+def _mean_sd(vals) -> dict:
+    v = np.array([x for x in vals if x is not None and np.isfinite(x)], float)
+    if len(v) == 0:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1
+                                                           else 0.0, 4), "n": int(len(v))}
+
+
+def _r2(x, y) -> float | None:
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    if len(pairs) < 3:
+        return None
+    a, b = np.array(pairs, float).T
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1] ** 2), 4)
+
+
+def tune_gaussian(cases: list[Path], fractions: list[int]) -> dict[int, float]:
+    """Gaussian width (sigma, mm) with the lowest mean whole-image NRMSE on the given cases."""
+    best = {}
+    data = []
+    for c in cases:
+        ref_img = sitk.ReadImage(str(c / "suv_true.nii.gz"))
+        ref = sitk.GetArrayFromImage(ref_img).astype(np.float32)
+        lows = {f: sitk.GetArrayFromImage(sitk.ReadImage(str(c / f"pet_low_{f}.nii.gz")))
+                .astype(np.float32) for f in fractions}
+        data.append((ref, lows, ref_img.GetSpacing()))
+    for f in fractions:
+        scores = {s: float(np.mean([_nrmse(ref, _gauss(lows[f], s, sp)) for ref, lows, sp in data]))
+                  for s in GAUSS_SIGMAS_MM}
+        best[f] = min(scores, key=scores.get)
+        log.info("Gaussian baseline at %d %%: NRMSE by sigma %s -> %.1f mm", f,
+                 {k: round(v, 4) for k, v in scores.items()}, best[f])
+    return best
+
+
+def evaluate_case(case: Path, fraction: int, sigma_mm: float, nets: dict, card: dict,
+                  params: dict, use_ct: bool) -> dict:
+    from PETDiffusionLib.networks.amdiff import ORGAN_CLASSES
+    from PETDiffusionLib.training.recipes.denoise_segment import organ_class_lut
+    info = json.loads((case / "case.json").read_text())
+    ref_img = sitk.ReadImage(str(case / "suv_true.nii.gz"))
+    sp = ref_img.GetSpacing()
+    vox_ml = float(np.prod(sp)) / 1000.0
+    ref = sitk.GetArrayFromImage(ref_img).astype(np.float32)
+    low_img = sitk.ReadImage(str(case / f"pet_low_{fraction}.nii.gz"))
+    low = sitk.GetArrayFromImage(low_img).astype(np.float32)
+    organs_raw = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "organs.nii.gz"))).astype(np.int64)
+    lut = organ_class_lut(info.get("organ_labels", {}))
+    organs = lut[np.clip(organs_raw, 0, len(lut) - 1)]
+    les_inst = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
+    les = les_inst > 0
+    ct_img = sitk.ReadImage(str(case / "ct.nii.gz"), sitk.sitkFloat32) if use_ct else None
+    gauss = _gauss(low, sigma_mm, sp)
+    t0 = time.monotonic()
+    res = denoise_segment_image(low_img, ct_img, nets, card, params, keep_hc=True)
+    seconds = time.monotonic() - t0
+    model = sitk.GetArrayFromImage(res["pet_denoised"]).astype(np.float32)
+    model_hc = sitk.GetArrayFromImage(res["pet_hc"]).astype(np.float32)
+    m_les = sitk.GetArrayFromImage(res["lesions"]) > 0
+    m_org = sitk.GetArrayFromImage(res["organs"])
+    masks = {"lesion": les}
+    for name in EVAL_CLASSES[1:]:
+        masks[name] = organs == ORGAN_CLASSES.index(name)
+    nr = {}
+    for method, img in (("input", low), ("gaussian", gauss), ("model", model),
+                        ("model_diffusion_only", model_hc)):
+        nr[method] = {"whole": _nrmse(ref, img)}
+        for name, m in masks.items():
+            nr[method][name] = _nrmse(ref, img, m)
+    dice = {"model": {"lesion": _dice(m_les, les)}}
+    for name in EVAL_CLASSES[1:]:
+        dice["model"][name] = _dice(m_org == ORGAN_CLASSES.index(name), masks[name])
+    body = organs_raw > 0
+    base25 = (gauss >= FIXED_SUV_THRESHOLD) & body
+    base41 = oracle_41(gauss, les_inst, sp)
+    dice["suv2.5_gaussian"] = {"lesion": _dice(base25, les)}
+    dice["oracle41_gaussian"] = {"lesion": _dice(base41, les)}
+
+    def mtv_tlg(suv, mask):
+        return float(mask.sum()) * vox_ml, float(suv[mask].sum()) * vox_ml
+
+    gt_mtv, gt_tlg = mtv_tlg(ref, les)
+    quant = {"truth": {"mtv_ml": gt_mtv, "tlg": gt_tlg}}
+    for method, (suv, mask) in {"model": (model, m_les), "suv2.5_gaussian": (gauss, base25),
+                                "oracle41_gaussian": (gauss, base41)}.items():
+        mtv, tlg = mtv_tlg(suv, mask)
+        quant[method] = {"mtv_ml": mtv, "tlg": tlg, "mtv_err_pct": _pct_err(mtv, gt_mtv),
+                         "tlg_err_pct": _pct_err(tlg, gt_tlg)}
+    organ_bias = {}
+    for name in ("liver", "aorta"):
+        k = ORGAN_CLASSES.index(name)
+        gt_m, pr_m = organs == k, m_org == k
+        if gt_m.any() and pr_m.any():
+            organ_bias[name] = _pct_err(float(model[pr_m].mean()), float(ref[gt_m].mean()))
+    return {"case": case.name, "fraction": fraction, "seconds": round(seconds, 2), "nrmse": nr,
+            "dice": dice, "quant": quant, "organ_suvmean_bias_pct": organ_bias,
+            "lesion_count": int(len(np.unique(les_inst)) - 1)}
+
+
+def summarise(rows: list[dict], fractions: list[int]) -> dict:
+    out: dict = {}
+    for f in fractions:
+        rs = [r for r in rows if r["fraction"] == f]
+        if not rs:
+            continue
+        s: dict = {"cases": len(rs)}
+        s["nrmse"] = {m: {c: _mean_sd([r["nrmse"][m][c] for r in rs])
+                          for c in ("whole",) + EVAL_CLASSES}
+                      for m in ("input", "gaussian", "model", "model_diffusion_only")}
+        s["dice"] = {"model": {c: _mean_sd([r["dice"]["model"][c] for r in rs]) for c in EVAL_CLASSES},
+                     "suv2.5_gaussian": {"lesion": _mean_sd([r["dice"]["suv2.5_gaussian"]["lesion"]
+                                                             for r in rs])},
+                     "oracle41_gaussian": {"lesion": _mean_sd(
+                         [r["dice"]["oracle41_gaussian"]["lesion"] for r in rs])}}
+        s["mtv_tlg_error_pct"] = {m: {"mtv": _median_iqr([r["quant"][m]["mtv_err_pct"] for r in rs]),
+                                      "tlg": _median_iqr([r["quant"][m]["tlg_err_pct"] for r in rs])}
+                                  for m in ("model", "suv2.5_gaussian", "oracle41_gaussian")}
+        s["tlg_r2"] = {m: _r2([r["quant"]["truth"]["tlg"] for r in rs],
+                              [r["quant"][m]["tlg"] for r in rs])
+                       for m in ("model", "suv2.5_gaussian", "oracle41_gaussian")}
+        s["organ_suvmean_bias_pct"] = {o: _median_iqr([r["organ_suvmean_bias_pct"].get(o) for r in rs])
+                                       for o in ("liver", "aorta")}
+        s["seconds_per_volume"] = _mean_sd([r["seconds"] for r in rs])
+        out[str(f)] = s
+    return out
+
+
+def format_table(summary: dict) -> str:
+    lines = []
+    for f, s in summary.items():
+        lines.append(f"== {f} % counts, {s['cases']} cases ==")
+        head = f"{'NRMSE':22s}" + "".join(f"{c:>9s}" for c in ("whole",) + EVAL_CLASSES)
+        lines.append(head)
+        for m, per in s["nrmse"].items():
+            lines.append(f"{m:22s}" + "".join(
+                f"{per[c]['mean']:9.4f}" if per[c]["mean"] is not None else f"{'-':>9s}"
+                for c in ("whole",) + EVAL_CLASSES))
+        lines.append(f"{'Dice':22s}" + "".join(f"{c:>9s}" for c in EVAL_CLASSES))
+        d = s["dice"]["model"]
+        lines.append(f"{'model':22s}" + "".join(
+            f"{d[c]['mean']:9.3f}" if d[c]["mean"] is not None else f"{'-':>9s}" for c in EVAL_CLASSES))
+        for m in ("suv2.5_gaussian", "oracle41_gaussian"):
+            v = s["dice"][m]["lesion"]["mean"]
+            lines.append(f"{m:22s}" + (f"{v:9.3f}" if v is not None else f"{'-':>9s}"))
+        lines.append("MTV / TLG error % (median [IQR]); TLG R^2")
+        for m, e in s["mtv_tlg_error_pct"].items():
+            lines.append(f"  {m:20s} MTV {e['mtv']['median']} {e['mtv']['iqr']}  TLG "
+                         f"{e['tlg']['median']} {e['tlg']['iqr']}  R2 {s['tlg_r2'][m]}")
+        for o, b in s["organ_suvmean_bias_pct"].items():
+            lines.append(f"  {o} SUVmean bias % (model): median {b['median']} IQR {b['iqr']}")
+        lines.append(f"  seconds per volume: {s['seconds_per_volume']['mean']} "
+                     f"(sd {s['seconds_per_volume']['sd']})")
+    return "\n".join(lines)
+
+
 def evaluate(args) -> int:
-    from PETDiffusionLib.tasks.denoise_segment_eval import evaluate_cohort
-    return evaluate_cohort(args)
+    """``petdiffusion evaluate denoise-segment --cohort DIR``: table on stdout, JSON on disk."""
+    from PETDiffusionLib.io.atomic import atomic_write_text
+    from PETDiffusionLib.training.recipes.denoise_segment import list_cases
+    cohort = Path(args.cohort)
+    cases = list_cases(cohort)
+    if getattr(args, "max_cases", 0):
+        cases = cases[:args.max_cases]
+    fractions = [int(x) for x in str(getattr(args, "fractions", "10,5")).split(",") if x.strip()]
+    for c in cases:
+        for f in fractions:
+            if not (c / f"pet_low_{f}.nii.gz").is_file():
+                raise InputError(f"the cohort has no pet_low_{f}.nii.gz", c)
+    nets, card = load_model(getattr(args, "model", None), "cpu")
+    tune = list_cases(getattr(args, "tune_cohort", "cohorts/train"))[-int(getattr(args, "tune_cases", 4)):]
+    sigmas = tune_gaussian(tune, fractions)
+    params = {"steps": int(getattr(args, "steps", 0) or 0),
+              "start_fraction": float(getattr(args, "start_fraction", 0.0) or 0.0),
+              "samples": 1, "seed": 0}
+    use_ct = not getattr(args, "no_ct", False)
+    rows = []
+    for c in cases:
+        for f in fractions:
+            r = evaluate_case(c, f, sigmas[f], nets, card, params, use_ct)
+            log.info("%s at %d %%: NRMSE model %.4f gauss %.4f input %.4f, lesion Dice %s, %.1f s",
+                     c.name, f, r["nrmse"]["model"]["whole"], r["nrmse"]["gaussian"]["whole"],
+                     r["nrmse"]["input"]["whole"], r["dice"]["model"]["lesion"], r["seconds"])
+            rows.append(r)
+    summary = summarise(rows, fractions)
+    result = {"task": SPEC.id, "model_id": card["id"], "model_version": card["version"],
+              "cohort": str(cohort), "cases": [c.name for c in cases], "ct_used": use_ct,
+              "gaussian_sigma_mm": {str(k): v for k, v in sigmas.items()},
+              "tuned_on": [str(c) for c in tune], "parameters": params,
+              "torch_threads": torch.get_num_threads(), "summary": summary, "per_case": rows}
+    out = Path(args.json) if getattr(args, "json", None) else cohort / "evaluation_denoise_segment.json"
+    atomic_write_text(out, json.dumps(result, indent=1, default=float))
+    print(format_table(summary))
+    print(f"wrote {out}")
+    return 0
