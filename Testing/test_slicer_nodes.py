@@ -196,3 +196,16 @@ def test_segmentation_display_shows_2d_and_3d(scene):
     surface = vtk.vtkPolyData()
     seg.GetClosedSurfaceRepresentation(seg.GetSegmentation().GetNthSegmentID(0), surface)
     assert surface.GetNumberOfPoints() > 0
+
+
+def test_show_results_puts_the_pet_output_over_the_ct_with_the_pet_colour_map(scene):
+    one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    ct = nodes.volume_node_from_image(sitk.Cast(one, sitk.sitkInt16), "CT", units="HU")
+    unc = nodes.volume_node_from_image(one, "uncertainty", units="SUVbw")
+    pet = nodes.volume_node_from_image(one, "pet synthetic", units="SUVbw", synthetic=True)
+    display.show_results({"uncertainty": unc, "pet_synthetic": pet}, {"ct": ct})
+    assert pet.GetDisplayNode().GetColorNodeID() == display.PET_COLOR_NODE_ID
+    assert unc.GetDisplayNode().GetColorNodeID() == display.PET_COLOR_NODE_ID
+    ct_display = ct.GetDisplayNode()
+    assert ct_display.GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+    assert (ct_display.GetWindowLevelMin(), ct_display.GetWindowLevelMax()) == display.CT_WINDOW

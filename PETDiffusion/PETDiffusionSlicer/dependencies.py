@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from pathlib import Path
 
 import slicer
 

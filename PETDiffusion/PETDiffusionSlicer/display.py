@@ -111,13 +111,17 @@ def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None
 
 
 def show_results(output_nodes: dict, input_nodes: dict) -> None:
-    """Default display after a run: PET outputs fused over CT (or the input PET), segmentations."""
+    """Default display after a run: the main PET output (pet_*) fused over the input CT when there
+    is one, other SUV volumes with the PET colour map, segmentations in 2D and 3D."""
     ct = input_nodes.get("ct")
-    pets = [n for n in output_nodes.values()
-            if n.IsA("vtkMRMLScalarVolumeNode") and not n.IsA("vtkMRMLLabelMapVolumeNode")
-            and n.GetAttribute(nodes.UNITS_ATTRIBUTE) == "SUVbw"]
+    if ct is not None and not hasattr(ct, "IsA"):
+        ct = None
+    pets = [(not name.startswith("pet_"), name, n) for name, n in output_nodes.items()
+            if n.IsA("vtkMRMLScalarVolumeNode") and n.GetAttribute(nodes.UNITS_ATTRIBUTE) == "SUVbw"]
     for node in output_nodes.values():
         if node.IsA("vtkMRMLSegmentationNode"):
             show_segmentation(node)
+    for _, _, node in sorted(pets, key=lambda t: t[:2])[1:]:
+        show_pet(node)
     if pets:
-        fuse_pet_over_ct(pets[0], ct)
+        fuse_pet_over_ct(sorted(pets, key=lambda t: t[:2])[0][2], ct)

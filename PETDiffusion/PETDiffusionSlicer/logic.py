@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from . import display, nodes
+from . import display
 from .runner import LogCallback, ProgressCallback, TaskError, TaskRun, task_spec
 
 log = logging.getLogger(__name__)
