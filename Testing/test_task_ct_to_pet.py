@@ -1,0 +1,208 @@
+"""ct-to-pet (CPDM): spec and CLI, the maps, the SUV scaling, end to end with a tiny random model,
+bad inputs. No training here: the model folder is built from randomly initialised small networks."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PETDiffusionLib.cli.main import build_parser
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, same_grid, write_image
+from PETDiffusionLib.networks import cpdm
+from PETDiffusionLib.physics.attenuation import hu_to_mu
+from PETDiffusionLib.tasks import ct_to_pet
+from PETDiffusionLib.tasks.runner import run_task
+from PETDiffusionLib.training.recipes import ct_to_pet as recipe
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ct_to_pet.json"
+
+
+def tiny_config() -> dict:
+    cfg = json.loads(CONFIG.read_text())
+    cfg["autoencoder"].update(channels=[8, 8, 8])
+    cfg["attention"].update(features=[4, 4, 8, 8, 8, 4])
+    cfg["bridge"].update(channels=[8, 8, 16])
+    cfg["export"] = "tiny-cpdm"
+    return cfg
+
+
+def make_tiny_model(folder: Path, variant: str = "cpdm") -> Path:
+    """A model folder with the task's real card layout and randomly initialised tiny networks."""
+    from PETDiffusionLib.models.registry import save_model_folder
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    sp = recipe.specs(cfg)
+    stage = "regression" if variant == "regression" else f"bridge:{variant}"
+    nets = {"autoencoder": cpdm.build(sp["autoencoder"]["class"], sp["autoencoder"]["args"]),
+            "attention": cpdm.build(sp["attention"]["class"], sp["attention"]["args"]),
+            "denoiser": cpdm.build(sp[stage]["class"], sp[stage]["args"])}
+    s, m = recipe.VARIANTS.get(variant, (True, True))
+    floor = {c: float(i) * 0.5 for i, c in enumerate(cpdm.TISSUE_CLASSES)}
+    card = recipe.model_card(cfg, variant, s, m, {"latent_scale": 1.0}, floor, {}, "test")
+    card["networks"] = {"autoencoder": sp["autoencoder"], "attention": sp["attention"], "denoiser": sp[stage]}
+    return save_model_folder(folder, nets, card)
+
+
+def tiny_ct(tmp_path: Path, name: str = "ct.nii.gz", spacing=(5.0, 4.5, 6.0), flip: bool = True) -> Path:
+    img = ct_to_pet.simple_ct((12, 40, 44), spacing)
+    if flip:  # a non-LPS orientation: the task must return results on this grid all the same
+        img.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+        img.SetOrigin((100.0, -50.0, 20.0))
+    path = tmp_path / name
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-cpdm")
+
+
+# ------------------------------------------------------------------------------------------------
+
+def test_spec_declares_ct_input_parameters_and_synthetic_outputs():
+    spec = ct_to_pet.SPEC
+    assert spec.id == "ct-to-pet"
+    assert [i.name for i in spec.inputs] == ["ct", "organs"]
+    assert spec.inputs[0].required and spec.inputs[0].units == "HU"
+    assert not spec.inputs[1].required and spec.inputs[1].is_label
+    assert {p.name for p in spec.parameters} == {"kvp", "steps", "samples", "seed"}
+    outs = {o.name: o for o in spec.outputs}
+    assert outs["pet_synthetic"].filename == "pet_synthetic.nii.gz"
+    assert outs["pet_synthetic"].units == "SUVbw" and outs["pet_synthetic"].synthetic
+    assert outs["uncertainty"].optional and outs["report"].optional
+    assert set(outs) >= {"attention_map", "attenuation_map", "organs_csv"}
+
+
+def test_cli_flags_come_from_the_spec():
+    args = build_parser().parse_args(["run", "ct-to-pet", "--ct", "a.nii.gz", "--out", "o",
+                                      "--kvp", "100", "--steps", "7", "--samples", "3", "--seed", "5"])
+    assert (args.ct, args.out) == ("a.nii.gz", "o")
+    assert (args.param_kvp, args.param_steps, args.param_samples, args.param_seed) == (100.0, 7, 3, 5)
+
+
+def test_attenuation_map_matches_physics_md_section3():
+    # PHYSICS.md §3 check values at 120 kVp (Carney bilinear)
+    hu = np.array([0.0, -850.0, 55.0, 700.0])
+    assert np.allclose(hu_to_mu(hu, 120, "carney"), [0.0960, 0.0144, 0.1009, 0.1338], atol=1e-4)
+    # CPDM's M_mu = exp(-mu), Abella trilinear at 120 kVp: mu = 0.093 + 9.3e-5 HU below 0 and
+    # 0.093 + 4.71e-5 HU from 0 to 1000 HU (PHYSICS.md §3)
+    expected_mu = [0.093, 0.093 - 9.3e-5 * 850, 0.093 + 4.71e-5 * 55, 0.093 + 4.71e-5 * 700]
+    cond = cpdm.attenuation_condition(hu, 120)
+    m_mu = cond / cpdm.MU_MAP_GAIN + cpdm.MU_MAP_CENTRE
+    assert np.allclose(m_mu, np.exp(-np.array(expected_mu)), atol=1e-5)
+
+
+def test_pet_scaling_inverts_exactly_and_keeps_suv_40_unclipped():
+    suv = np.array([0.0, 0.01, 0.5, 1.9, 10.0, 24.0, 40.0, 100.0])
+    p = cpdm.pet_to_net(suv)
+    assert p[0] == pytest.approx(-1.0) and p[4] == pytest.approx(1.0)
+    assert p[6] == pytest.approx(2 * math.log(41) / math.log(11) - 1, rel=1e-6)  # 2.097, above 1
+    assert np.all(np.diff(p) > 0)  # strictly increasing: no clipping anywhere
+    assert np.allclose(cpdm.net_to_pet(p), suv, rtol=1e-5, atol=1e-6)
+    t = torch.tensor(suv, dtype=torch.float64)
+    assert torch.allclose(cpdm.net_to_pet(cpdm.pet_to_net(t)), t, rtol=1e-12)
+
+
+def test_tissue_floor_classes_follow_hu_ranges():
+    ct = np.full((1, 9, 9), -1000.0)
+    ct[0, 1:8, 1:8] = -80.0     # fat ring
+    ct[0, 2:7, 2:7] = 40.0      # soft tissue
+    ct[0, 3, 3], ct[0, 5, 5], ct[0, 4, 4] = -860.0, 500.0, 55.0
+    cls = cpdm.tissue_classes(ct)
+    names = cpdm.TISSUE_CLASSES
+    assert names[cls[0, 0, 0]] == "outside_body"
+    assert names[cls[0, 1, 1]] == "fat" and names[cls[0, 2, 2]] == "soft_tissue"
+    assert names[cls[0, 3, 3]] == "lung" and names[cls[0, 5, 5]] == "bone"
+
+
+def test_task_end_to_end_on_tiny_ct_writes_every_output_on_the_ct_grid(tmp_path, tiny_model):
+    ct_path = tiny_ct(tmp_path)
+    organs = sitk.GetImageFromArray((sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path))) > 0).astype(np.uint8))
+    organs.CopyInformation(sitk.ReadImage(str(ct_path)))
+    org_path = tmp_path / "organs.nii.gz"
+    sitk.WriteImage(organs, str(org_path))
+    out = tmp_path / "out"
+    manifest = run_task("ct-to-pet", {"ct": str(ct_path), "organs": str(org_path)},
+                        {"steps": 3, "samples": 2, "seed": 1}, out, model_path=str(tiny_model))
+    man = json.loads(manifest.read_text())
+    ct = read_image(ct_path)
+    for name in ("pet_synthetic", "attention_map", "attenuation_map", "uncertainty", "organs_csv", "report"):
+        assert name in man["outputs"], name
+        assert (out / man["outputs"][name]["file"]).is_file()
+    for name in ("pet_synthetic", "attention_map", "attenuation_map", "uncertainty"):
+        img = read_image(out / man["outputs"][name]["file"])
+        assert same_grid(img, ct), name
+    pet = read_image(out / "pet_synthetic.nii.gz")
+    assert is_synthetic(pet) and get_units(pet) == "SUVbw"
+    assert is_synthetic(read_image(out / "uncertainty.nii.gz"))
+    arr = sitk.GetArrayFromImage(pet)
+    assert np.isfinite(arr).all() and arr.min() >= 0
+    assert man["synthetic"] is True and man["outputs"]["pet_synthetic"]["synthetic"] is True
+    assert man["model_id"] == "tiny-cpdm"
+    assert man["kvp"] == 120 and man["kvp_source"].startswith("default")  # NIfTI CT: no kVp
+    assert "not for diagnosis" in man["intended_use"]
+    # the attenuation map is exp(-mu) of the input CT itself, voxel by voxel
+    mmap = sitk.GetArrayFromImage(read_image(out / "attenuation_map.nii.gz"))
+    hu = sitk.GetArrayFromImage(ct)
+    assert np.allclose(mmap, np.exp(-hu_to_mu(hu, 120, "abella")), atol=1e-6)
+
+
+def test_same_seed_same_output_and_kvp_parameter_is_used(tmp_path, tiny_model):
+    ct_path = tiny_ct(tmp_path, flip=False)
+    a = run_task("ct-to-pet", {"ct": str(ct_path)}, {"steps": 2, "seed": 4, "kvp": 80}, tmp_path / "a",
+                 model_path=str(tiny_model))
+    b = run_task("ct-to-pet", {"ct": str(ct_path)}, {"steps": 2, "seed": 4, "kvp": 80}, tmp_path / "b",
+                 model_path=str(tiny_model))
+    pa = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "pet_synthetic.nii.gz")))
+    pb = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "b" / "pet_synthetic.nii.gz")))
+    assert np.array_equal(pa, pb)
+    man = json.loads(a.read_text())
+    assert man["kvp"] == 80 and man["kvp_source"] == "parameter"
+    assert "uncertainty" not in man["outputs"]  # one sample: no uncertainty map
+
+
+def test_pet_given_as_ct_is_refused_naming_the_file(tmp_path, tiny_model):
+    pet = sitk.GetImageFromArray(np.random.default_rng(0).gamma(2.0, 0.5, (10, 32, 32)).astype(np.float32))
+    path = tmp_path / "pet_as_ct.nii.gz"
+    sitk.WriteImage(pet, str(path))
+    with pytest.raises(InputError, match="pet_as_ct.nii.gz.*(does not look like a CT|PET)"):
+        run_task("ct-to-pet", {"ct": str(path)}, {}, tmp_path / "out", model_path=str(tiny_model))
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_ct_labelled_suv_is_refused(tmp_path, tiny_model):
+    path = tmp_path / "labelled.nii.gz"
+    write_image(ct_to_pet.simple_ct((8, 32, 32)), path, units="SUVbw")
+    with pytest.raises(InputError, match="labelled 'SUVbw'"):
+        run_task("ct-to-pet", {"ct": str(path)}, {}, tmp_path / "out", model_path=str(tiny_model))
+
+
+def test_ct_with_nans_is_refused(tmp_path, tiny_model):
+    img = ct_to_pet.simple_ct((8, 32, 32))
+    arr = sitk.GetArrayFromImage(img)
+    arr[2, 5, 5] = np.nan
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(img)
+    path = tmp_path / "nan_ct.nrrd"  # NRRD keeps NaNs (ITK's NIfTI reader turns them into 0)
+    sitk.WriteImage(bad, str(path))
+    with pytest.raises(InputError, match="nan_ct.nrrd.*1 NaN"):
+        run_task("ct-to-pet", {"ct": str(path)}, {}, tmp_path / "out", model_path=str(tiny_model))
+
+
+def test_regression_baseline_and_floor_run_through_the_same_pipeline(tmp_path):
+    folder = make_tiny_model(tmp_path / "reg", "regression")
+    nets, card = ct_to_pet.load_model(folder)
+    ct = ct_to_pet.simple_ct((8, 32, 36), (4.0, 4.0, 4.0))
+    out = ct_to_pet.synthesize(ct, nets, card, steps=5)
+    assert same_grid(out["pet"], ct)
+    floor = sitk.GetArrayFromImage(ct_to_pet.floor_prediction(ct, card))
+    # tiny card floor: class i -> 0.5 i; air outside is class 0, the lungs class 1, bone class 4
+    hu = sitk.GetArrayFromImage(ct)
+    assert np.all(floor[hu > 300] == 2.0) and floor[0, 0, 0] == 0.0
