@@ -83,8 +83,9 @@ def test_cli_run_has_the_spec_flags():
                               "--sampler", "ddpm", "--start-fraction", "0.3"])
     assert (args.param_steps, args.param_samples, args.param_seed) == (7, 3, 5)
     assert args.param_sampler == "ddpm" and args.param_start_fraction == 0.3
-    ev = parser.parse_args(["evaluate", "denoise-segment", "--cohort", "c"])
-    assert ev.fractions == "10,5"
+    from PETDiffusionLib.cli.evaluate import evaluate_parser
+    ev = evaluate_parser("denoise-segment", ds).parse_args(["--cohort", "c", "--out", "e.json"])
+    assert ev.fractions == "10,5" and ev.out == "e.json" and ev.tune_cases == 4
 
 
 # ------------------------------------------------------------------------------ networks

@@ -68,6 +68,12 @@ class DenoiseSegmentConfig:
     run_dir: str = "runs/denoise_segment"
     fractions: list[int] = field(default_factory=lambda: [25, 10, 5])  # % counts (issue: 5-25 %)
     val_cases: int = 4                # last N cases of the cohort kept for validation
+    expected_cases: int = 0           # >0: the cohort is still being written; cases with index
+                                      # >= expected_cases - val_cases are validation, and new
+                                      # training cases are picked up while training
+    rescan_minutes: float = 4.0
+    resume: bool = True               # this recipe always resumes from run_dir/checkpoint.pt
+    device: str = "cpu"               # CPU recipe (the GPU path is the engine's Trainer)
     patch: int = 64                   # square crop side (voxels) for training
     batch: int = 8
     minutes: float = 50.0             # wall-clock budget
@@ -134,6 +140,25 @@ def load_case(case_dir: Path, fractions: list[int]) -> CaseArrays:
         low={f: _read(case_dir / f"pet_low_{f}.nii.gz").astype(np.float16) for f in fractions},
         organs=organs, lesions=lesions, ct=ct,
         lesion_slices=np.nonzero(lesions.reshape(lesions.shape[0], -1).any(1))[0])
+
+
+def case_index(d: Path) -> int:
+    return int(d.name.split("_")[-1])
+
+
+def validation_case_dirs(cfg: "DenoiseSegmentConfig") -> list[Path]:
+    dirs = list_cases(cfg.cohort)
+    if cfg.expected_cases:
+        return [d for d in dirs if case_index(d) >= cfg.expected_cases - cfg.val_cases]
+    return dirs[len(dirs) - cfg.val_cases:] if cfg.val_cases else []
+
+
+def training_case_dirs(cfg: "DenoiseSegmentConfig") -> list[Path]:
+    dirs = list_cases(cfg.cohort)
+    if cfg.expected_cases:
+        return [d for d in dirs if case_index(d) < cfg.expected_cases - cfg.val_cases]
+    n_val = min(cfg.val_cases, max(0, len(dirs) - 1))
+    return dirs[:len(dirs) - n_val]
 
 
 def list_cases(cohort: str | Path) -> list[Path]:
@@ -289,13 +314,11 @@ def train(config: dict, args=None) -> int:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    cases_dirs = list_cases(cfg.cohort)
-    n_val = min(cfg.val_cases, max(0, len(cases_dirs) - 1))
-    train_dirs = cases_dirs[:len(cases_dirs) - n_val]
     t_load = time.time()
+    train_dirs = training_case_dirs(cfg)
     cases = [load_case(d, cfg.fractions) for d in train_dirs]
-    log.info("loaded %d training cases in %.0f s (kept %d for validation)", len(cases),
-             time.time() - t_load, n_val)
+    log.info("loaded %d training cases in %.0f s: %s", len(cases), time.time() - t_load,
+             ", ".join(d.name for d in train_dirs))
     sampler = SliceSampler(cases, cfg, cfg.seed)
     nets = build_networks(cfg)
     import copy
@@ -322,6 +345,7 @@ def train(config: dict, args=None) -> int:
     budget = cfg.minutes * 60
     t0 = time.time() - elapsed
     last_ckpt = time.time()
+    last_scan = time.time()
     acc: dict[str, list[float]] = {}
     for m in nets.values():
         m.train()
@@ -355,6 +379,16 @@ def train(config: dict, args=None) -> int:
             history.append(rec)
             log.info("%s", rec)
             acc = {}
+        if cfg.expected_cases and len(cases) < cfg.expected_cases - cfg.val_cases and \
+                time.time() - last_scan > cfg.rescan_minutes * 60:
+            last_scan = time.time()
+            have = {c.name for c in cases}
+            for d in training_case_dirs(cfg):
+                if d.name not in have:
+                    cases.append(load_case(d, cfg.fractions))
+                    log.info("added training case %s at step %d (%d cases)", d.name, step,
+                             len(cases))
+            history.append({"step": step, "cases": len(cases)})
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
             save()
             last_ckpt = time.time()
@@ -396,8 +430,7 @@ def validate_segmenter(run_dir: str | Path, fraction: int = 10, max_slices: int 
     from PETDiffusionLib.models.card import build_network
     run = Path(run_dir)
     cfg = DenoiseSegmentConfig.from_dict(json.loads((run / "config.json").read_text()))
-    cases_dirs = list_cases(cfg.cohort)
-    val_dirs = cases_dirs[len(cases_dirs) - cfg.val_cases:]
+    val_dirs = validation_case_dirs(cfg)
     seg = build_network(network_specs(cfg)["segmenter"])
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     seg.load_state_dict(state["ema"]["segmenter"])
