@@ -207,9 +207,25 @@ def test_denoise_segment_creates_pet_segmentations_and_tables(scene, models, spe
     if "lesions_csv" in run.output_nodes:
         cols = set(nodes.table_columns(run.output_nodes["lesions_csv"]))
         assert {"lesion_id", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg"} <= cols
-    exported = logic.exportReport(run, tmp_path / "export")
+    # a DICOM series on the PET's grid stands in for the PET's own series (written by the library)
+    from PETDiffusionLib.io.dicom_export import write_dicom_series
+    source = tmp_path / "dicom_source"
+    import pydicom
+    for f in write_dicom_series(sitk.Cast(nodes.image_from_volume_node(pet) * 100, sitk.sitkInt16), source,
+                                modality="CT"):
+        # These type 2 attributes (present, may be empty) are in a scanner's series and highdicom
+        # copies them into the SEG; the library's exporter leaves them out, so add them empty here.
+        ds = pydicom.dcmread(f)
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+            setattr(ds, keyword, "")
+        ds.save_as(f)
+    exported = logic.exportReport(run, tmp_path / "export", dicom_source=source)
     names = {p.name for p in exported}
-    assert {"report.pdf", "summary.json", "organs.csv", "manifest.json", "organs.seg.nrrd"} <= names
+    print(f"exported: {sorted(names)}")
+    assert {"report.pdf", "summary.json", "organs.csv", "manifest.json", "organs.seg.nrrd", "organs_seg.dcm"} <= names
+    seg = pydicom.dcmread(tmp_path / "export" / "organs_seg.dcm")
+    assert seg.Modality == "SEG"
+    assert {s.SegmentLabel for s in seg.SegmentSequence} <= set(run.manifest["organ_labels"].values())
     assert list(temp_root.iterdir()) == []
 
 

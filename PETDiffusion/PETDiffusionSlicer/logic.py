@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from . import display
-from .runner import LogCallback, ProgressCallback, TaskError, TaskRun, task_spec
+from .runner import (LogCallback, ProgressCallback, TaskError, TaskRun, last_error_line, library_command,
+                     subprocess_environment, task_spec)
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,11 @@ class TaskLogic:
         display.show_results(run.output_nodes, run.inputs)
 
     # -- export ----------------------------------------------------------------------------
-    def exportReport(self, run: TaskRun, folder: str | Path) -> list[Path]:
-        """Copy the run's report (PDF), tables (CSV), JSON summaries, DICOM SEG files and manifest into
-        ``folder``; write each segmentation as a .seg.nrrd too. Returns the files written."""
+    def exportReport(self, run: TaskRun, folder: str | Path, dicom_source: str | Path | None = None) -> list[Path]:
+        """Copy the run's report (PDF), tables (CSV), JSON summaries and manifest into ``folder``,
+        write each segmentation as .seg.nrrd and, when the reference volume's DICOM series is known
+        (``dicom_source``, or the Slicer DICOM database for a volume loaded from DICOM), DICOM SEG
+        files made by the library (``petdiffusion report --dicom-source``). Returns the files written."""
         if run is None or run.state != "completed" or run.output_dir is None:
             raise TaskError("there is no finished run to export; click Apply first")
         folder = Path(folder)
@@ -94,49 +99,72 @@ class TaskLogic:
         outputs = (run.manifest or {}).get("outputs", {})
         for name, info in outputs.items():
             src = run.output_dir / info["file"]
-            is_dicom_seg = src.suffix.lower() == ".dcm" or "dicom" in name.lower() or "seg.dcm" in src.name
-            if info.get("kind") in EXPORT_KINDS or is_dicom_seg:
-                if src.is_dir():
-                    shutil.copytree(src, folder / src.name, dirs_exist_ok=True)
-                elif src.exists():
-                    shutil.copy2(src, folder / src.name)
+            if info.get("kind") in EXPORT_KINDS and src.is_file():
+                shutil.copy2(src, folder / src.name)
                 written.append(folder / src.name)
         for extra in sorted(run.output_dir.glob("*.dcm")) + [run.output_dir / "manifest.json"]:
-            if extra.exists() and (folder / extra.name) not in written:
+            if extra.is_file() and (folder / extra.name) not in written:
                 shutil.copy2(extra, folder / extra.name)
                 written.append(folder / extra.name)
         for name, node in run.output_nodes.items():
             if node.IsA("vtkMRMLSegmentationNode"):
                 written.append(_write_segmentation(node, folder / f"{name}.seg.nrrd"))
-        written += self._exportDicomSeg(run, folder)
+        with tempfile.TemporaryDirectory(prefix="PETDiffusion-dicom-") as tmp:
+            source = Path(dicom_source) if dicom_source else _dicom_files_of(run.inputs.get(self.reference_role), Path(tmp))
+            if source is not None:
+                written += self._writeDicomSeg(run, folder, source)
         return written
 
-    def _exportDicomSeg(self, run: TaskRun, folder: Path) -> list[Path]:
-        """DICOM SEG through Slicer's DICOM exporter when the reference volume came from DICOM
-        (desktop Slicer only; the library writes its own DICOM SEG when its input was a DICOM folder)."""
-        reference = run.inputs.get(self.reference_role)
-        if not display.has_views() or reference is None or not hasattr(reference, "GetAttribute") \
-                or not reference.GetAttribute("DICOM.instanceUIDs"):
+    def _writeDicomSeg(self, run: TaskRun, folder: Path, source: Path) -> list[Path]:
+        """DICOM SEG of the run's label map outputs, referencing the source series (library writer)."""
+        manifest = run.manifest or {}
+        outputs = manifest.get("outputs", {})
+        labels = {n: run.output_dir / o["file"] for n, o in outputs.items() if o.get("kind") == "labelmap"}
+        pets = [n for n, o in outputs.items() if o.get("kind") == "volume" and o.get("units") == "SUVbw"]
+        if not labels or not pets:
             return []
-        try:
-            import DICOMSegmentationPlugin  # QuantitativeReporting extension
-        except ImportError:
-            log.info("DICOM SEG from Slicer needs the QuantitativeReporting extension; skipped")
-            return []
-        import slicer
-        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
-        exporter = DICOMSegmentationPlugin.DICOMSegmentationPluginClass()
-        written = []
-        for name, node in run.output_nodes.items():
-            if not node.IsA("vtkMRMLSegmentationNode"):
-                continue
-            exportables = exporter.examineForExport(sh.GetItemByDataNode(node))
-            for exp in exportables:
-                exp.directory = str(folder)
-            if exportables:
-                exporter.export(exportables)
-                written.append(folder)
-        return written
+        pet_name = sorted(pets, key=lambda n: (not n.startswith("pet_"), n))[0]
+        with tempfile.TemporaryDirectory(prefix="PETDiffusion-seg-") as tmp:
+            tmp = Path(tmp)
+            args = ["report", "--pet", str(run.output_dir / outputs[pet_name]["file"]), "--out", str(tmp / "out"),
+                    "--dicom-source", str(source), "--task", self.task]
+            if outputs[pet_name].get("synthetic"):
+                args.append("--synthetic")
+            if manifest.get("model_id"):
+                args += ["--model-id", str(manifest["model_id"])]
+            if "lesions" in labels:
+                args += ["--lesions", str(labels["lesions"])]
+            if "organs" in labels:
+                args += ["--organs", str(labels["organs"])]
+                names = manifest.get("organ_labels")
+                if names:
+                    (tmp / "organ_names.json").write_text(json.dumps(names))
+                    args += ["--organ-names", str(tmp / "organ_names.json")]
+            proc = subprocess.run(library_command(*args), capture_output=True, text=True,
+                                  env=subprocess_environment(None))
+            if proc.returncode != 0:
+                raise TaskError(last_error_line(proc.stderr) or "DICOM SEG export failed")
+            written = []
+            for dcm in sorted((tmp / "out").glob("*.dcm")):
+                shutil.copy2(dcm, folder / dcm.name)
+                written.append(folder / dcm.name)
+            return written
+
+
+def _dicom_files_of(volume_node, tmp: Path) -> Path | None:
+    """A folder with the DICOM files a volume was loaded from (Slicer's DICOM database), or None."""
+    import slicer
+    uids = volume_node.GetAttribute("DICOM.instanceUIDs") if volume_node is not None and hasattr(volume_node, "GetAttribute") else None
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return None
+    folder = tmp / "source"
+    folder.mkdir()
+    for i, uid in enumerate(uids.split()):
+        path = database.fileForInstance(uid)
+        if path:
+            shutil.copy2(path, folder / f"{i:05d}.dcm")
+    return folder if any(folder.iterdir()) else None
 
 
 def _write_segmentation(seg_node, path: Path) -> Path:

@@ -83,11 +83,11 @@ def task_spec(task: str, timeout: float = 120.0) -> dict:
     proc = subprocess.run(library_command("spec", task), capture_output=True, text=True,
                           env=subprocess_environment(None), timeout=timeout)
     if proc.returncode != 0:
-        raise TaskError(_last_error_line(proc.stderr) or f"petdiffusion spec {task} failed ({proc.returncode})")
+        raise TaskError(last_error_line(proc.stderr) or f"petdiffusion spec {task} failed ({proc.returncode})")
     return json.loads(proc.stdout)[task]
 
 
-def _last_error_line(stderr: str) -> str:
+def last_error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if ln.startswith("petdiffusion: error: "):
@@ -288,7 +288,7 @@ class TaskRun:
     def _finish(self, returncode: int) -> None:
         try:
             if returncode != 0 or self._error_event is not None:
-                self.error = (self._error_event or _last_error_line("\n".join(self._stderr_tail))
+                self.error = (self._error_event or last_error_line("\n".join(self._stderr_tail))
                               or f"the {self.task} process ended with status {returncode}")
                 # the library names the file it read; the user knows it by the node's name
                 for path, label in self._input_labels.items():
