@@ -209,3 +209,18 @@ def test_show_results_puts_the_pet_output_over_the_ct_with_the_pet_colour_map(sc
     ct_display = ct.GetDisplayNode()
     assert ct_display.GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
     assert (ct_display.GetWindowLevelMin(), ct_display.GetWindowLevelMax()) == display.CT_WINDOW
+
+
+def test_label_map_node_names_come_from_its_colour_table(scene):
+    labels = np.zeros((3, 4, 5), np.int16)
+    labels[0, 0, :2] = 1
+    labels[2, 3, :] = 2
+    node = nodes.volume_node_from_image(sitk.GetImageFromArray(labels), "organs", label=True)
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "my organ colours")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(4)
+    colors.SetColor(1, "liver", 0.8, 0.5, 0.4, 1.0)
+    colors.SetColor(2, "spleen", 0.6, 0.4, 0.6, 1.0)
+    colors.SetColor(3, "unused", 0.1, 0.1, 0.1, 1.0)
+    node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    assert nodes.label_names_of(node) == {1: "liver", 2: "spleen"}

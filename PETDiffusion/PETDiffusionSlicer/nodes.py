@@ -300,6 +300,16 @@ def label_image_from_segmentation(seg_node, reference_volume) -> tuple[sitk.Imag
         scene().RemoveNode(label)
 
 
+def label_names_of(label_node) -> dict[int, str]:
+    """Names of the label values present in a label map volume node, from its colour table."""
+    display = label_node.GetDisplayNode()
+    color = display.GetColorNode() if display is not None else None
+    if color is None:
+        return {}
+    values = np.unique(slicer.util.arrayFromVolume(label_node))
+    return {int(v): color.GetColorName(int(v)) for v in values if v != 0 and color.GetColorName(int(v))}
+
+
 def segment_voxel_counts(seg_node, reference_volume) -> dict[str, int]:
     """Voxels per segment name on the reference volume's grid (exports, counts, cleans up)."""
     label = scene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__count")

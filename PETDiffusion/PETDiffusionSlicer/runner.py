@@ -192,7 +192,9 @@ class TaskRun:
                     input_files[role] = Path(node)
                     continue
                 if node.IsA("vtkMRMLSegmentationNode"):
-                    path = self._write_segmentation_input(role, node, reference)
+                    path = self._write_label_input(role, *nodes.label_image_from_segmentation(node, reference))
+                elif node.IsA("vtkMRMLLabelMapVolumeNode"):
+                    path = self._write_label_input(role, nodes.image_from_volume_node(node), nodes.label_names_of(node))
                 else:
                     nodes.write_volume_node(node, path)
                 input_files[role] = path
@@ -220,17 +222,15 @@ class TaskRun:
             self._threads.append(t)
         return self
 
-    def _write_segmentation_input(self, role: str, seg_node, reference) -> Path:
-        """A segmentation input as a label map on the reference grid, its segment names beside it in
-        case.json ({"organ_labels": {value: name}}, the simulator's convention the tasks read)."""
-        if reference is None or isinstance(reference, (str, os.PathLike)):
-            raise ValueError(f"{role}: a segmentation input needs a reference volume")
+    def _write_label_input(self, role: str, image: sitk.Image, names: dict[int, str]) -> Path:
+        """A label input as a label map file with its label names beside it in case.json
+        ({"organ_labels": {value: name}}, the simulator's convention the tasks read)."""
         folder = self.work_dir / role
         folder.mkdir()
-        image, names = nodes.label_image_from_segmentation(seg_node, reference)
         path = folder / f"{role}.nrrd"
-        sitk.WriteImage(image, str(path), useCompression=True)
-        (folder / "case.json").write_text(json.dumps({"organ_labels": {str(k): v for k, v in names.items()}}))
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkUInt16), str(path), useCompression=True)
+        if names:
+            (folder / "case.json").write_text(json.dumps({"organ_labels": {str(k): v for k, v in names.items()}}))
         return path
 
     def _read_stdout(self, stream) -> None:
