@@ -304,3 +304,12 @@ class CTtoPETSynthesisTest(ScriptedLoadableModuleTest):
         self.assertIn("[SYNTHETIC]", pet.GetName())
         self.assertEqual(pet.GetImageData().GetDimensions(), ct.GetImageData().GetDimensions())
         self.delayDisplay("synthetic PET created")
+        logic.showCompare(run, referencePET=None)
+        self.assertEqual(slicer.app.layoutManager().layout, display.COMPARE_LAYOUT_ID)
+        green = slicer.app.layoutManager().sliceWidget("Green").mrmlSliceCompositeNode()
+        self.assertEqual(green.GetBackgroundVolumeID(), pet.GetID())
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder:
+            names = {p.name for p in logic.exportReport(run, folder)}
+        self.assertIn("manifest.json", names)
+        self.delayDisplay("compare layout and export")

@@ -316,4 +316,10 @@ class PETDenoiseSegmentTest(ScriptedLoadableModuleTest):
         self.assertTrue(run.output_nodes["pet_denoised"].IsA("vtkMRMLScalarVolumeNode"))
         self.assertTrue(run.output_nodes["organs"].IsA("vtkMRMLSegmentationNode"))
         self.assertGreater(run.output_nodes["organs"].GetSegmentation().GetNumberOfSegments(), 0)
+        self.assertTrue(run.output_nodes["organs_csv"].IsA("vtkMRMLTableNode"))
         self.delayDisplay("denoised PET and segmentations created")
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder:
+            names = {p.name for p in logic.exportReport(run, folder)}
+        self.assertTrue({"report.pdf", "organs.csv", "summary.json", "organs.seg.nrrd"} <= names)
+        self.delayDisplay("report exported")
