@@ -224,3 +224,17 @@ def test_label_map_node_names_come_from_its_colour_table(scene):
     colors.SetColor(3, "unused", 0.1, 0.1, 0.1, 1.0)
     node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
     assert nodes.label_names_of(node) == {1: "liver", 2: "spleen"}
+
+
+@pytest.mark.parametrize("name,code", [
+    ("liver", "10200004"), ("lung_left", "39607008"), ("kidney_right", "64033007"), ("spleen", "78961009"),
+    ("heart_blood_pool", "80891009"), ("heart_myocardium", "80891009"), ("aorta", "15825003"),
+    ("vertebrae", "272673000"), ("ribs", "272673000"), ("bone_marrow", "14016003"), ("muscle", "127954009"),
+    ("fat", "55603005"), ("bowel", "113276009"), ("body", "85756007")])
+def test_library_organ_names_map_to_snomed_types(name, code):
+    """The simulator's and the segmenter's organ names (PETDiffusionLib.phantom, networks.amdiff)."""
+    entry_text, rgb = nodes.terminology_for_name(name)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    nodes.terminology_logic().DeserializeTerminologyEntry(entry_text, entry)
+    assert entry.GetTypeObject().GetCodeValue() == code
+    assert all(0 <= c <= 1 for c in rgb)

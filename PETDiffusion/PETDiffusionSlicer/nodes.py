@@ -223,11 +223,15 @@ def terminology_for_name(name: str, lesion: bool = False) -> tuple[str, tuple[fl
     return tl.SerializeTerminologyEntry(entry), tuple(c / 255.0 for c in rgb)
 
 
+# Keyword -> terminology entry (3dSlicerLabel in Resources/Terminology). Checked in this order, so
+# the more specific names come first (heart_blood_pool is heart, bone_marrow is marrow).
 _LABEL_SYNONYMS = {
     "lesion": ("lesion", "tumor", "tumour", "gtv"), "liver": ("liver",), "lungs": ("lung",),
-    "kidneys": ("kidney",), "spleen": ("spleen",), "bone": ("bone", "skeleton", "spine"),
-    "aorta": ("aorta", "blood", "vessel"), "muscle": ("muscle",), "heart": ("heart", "myocard"),
-    "brain": ("brain",), "bladder": ("bladder",),
+    "kidneys": ("kidney",), "spleen": ("spleen",), "heart": ("heart", "myocard"),
+    "marrow": ("marrow",), "bone": ("bone", "skeleton", "spine", "vertebra", "pelvis", "rib", "skull", "femur"),
+    "aorta": ("aorta", "artery", "vessel"), "muscle": ("muscle",), "brain": ("brain",),
+    "bladder": ("bladder",), "stomach": ("stomach",), "trachea": ("trachea",),
+    "bowel": ("bowel", "intestin", "colon"), "salivary": ("salivary", "parotid"), "fat": ("fat", "adipose"),
 }
 
 
