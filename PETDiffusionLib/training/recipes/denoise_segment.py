@@ -68,10 +68,9 @@ class DenoiseSegmentConfig:
     run_dir: str = "runs/denoise_segment"
     fractions: list[int] = field(default_factory=lambda: [25, 10, 5])  # % counts (issue: 5-25 %)
     val_cases: int = 4                # last N cases of the cohort kept for validation
-    expected_cases: int = 0           # >0: the cohort is still being written; cases with index
-                                      # >= expected_cases - val_cases are validation, and new
-                                      # training cases are picked up while training
-    rescan_minutes: float = 4.0
+    val_case_indices: list[int] = field(default_factory=list)  # explicit validation cases
+                                      # (overrides val_cases); every other case trains
+    rescan_minutes: float = 4.0       # while the cohort has no COMPLETE marker, new cases join
     resume: bool = True               # this recipe always resumes from run_dir/checkpoint.pt
     device: str = "cpu"               # CPU recipe (the GPU path is the engine's Trainer)
     patch: int = 64                   # square crop side (voxels) for training
@@ -148,15 +147,15 @@ def case_index(d: Path) -> int:
 
 def validation_case_dirs(cfg: "DenoiseSegmentConfig") -> list[Path]:
     dirs = list_cases(cfg.cohort)
-    if cfg.expected_cases:
-        return [d for d in dirs if case_index(d) >= cfg.expected_cases - cfg.val_cases]
+    if cfg.val_case_indices:
+        return [d for d in dirs if case_index(d) in cfg.val_case_indices]
     return dirs[len(dirs) - cfg.val_cases:] if cfg.val_cases else []
 
 
 def training_case_dirs(cfg: "DenoiseSegmentConfig") -> list[Path]:
     dirs = list_cases(cfg.cohort)
-    if cfg.expected_cases:
-        return [d for d in dirs if case_index(d) < cfg.expected_cases - cfg.val_cases]
+    if cfg.val_case_indices:
+        return [d for d in dirs if case_index(d) not in cfg.val_case_indices]
     n_val = min(cfg.val_cases, max(0, len(dirs) - 1))
     return dirs[:len(dirs) - n_val]
 
@@ -346,6 +345,7 @@ def train(config: dict, args=None) -> int:
     t0 = time.time() - elapsed
     last_ckpt = time.time()
     last_scan = time.time()
+    all_loaded = False
     acc: dict[str, list[float]] = {}
     for m in nets.values():
         m.train()
@@ -379,9 +379,10 @@ def train(config: dict, args=None) -> int:
             history.append(rec)
             log.info("%s", rec)
             acc = {}
-        if cfg.expected_cases and len(cases) < cfg.expected_cases - cfg.val_cases and \
+        if not all_loaded and cfg.rescan_minutes > 0 and \
                 time.time() - last_scan > cfg.rescan_minutes * 60:
             last_scan = time.time()
+            all_loaded = (Path(cfg.cohort) / "COMPLETE").is_file()
             have = {c.name for c in cases}
             for d in training_case_dirs(cfg):
                 if d.name not in have:
@@ -469,6 +470,98 @@ def validate_segmenter(run_dir: str | Path, fraction: int = 10, max_slices: int 
             "inference_seconds": round(time.time() - t0, 1)}
 
 
+def steps_curve(model: str | Path, cohort: str | Path, case_indices: list[int], fraction: int = 10,
+                slices: int = 32, steps_list=(1, 2, 4, 8, 16, 32),
+                modes=(("ddim", 1.0), ("ddim", 0.5), ("ddim", 0.3), ("dpmpp2m", 1.0)),
+                png: str | Path | None = None) -> dict:
+    """Quality (NRMSE of the revised output vs the true SUV) against sampling steps, per sampler
+    and start fraction, on central slabs of validation cases (never training or held-out cases)."""
+    from PETDiffusionLib.models.registry import load_model_folder
+    from PETDiffusionLib.tasks.denoise_segment import _nrmse, denoise_segment_arrays
+    nets, card = load_model_folder(model)
+    dirs = [d for d in list_cases(cohort) if case_index(d) in case_indices]
+    if not dirs:
+        raise InputError(f"none of the cases {case_indices} exists", cohort)
+    data = []
+    for d in dirs:
+        c = load_case(d, [fraction])
+        z0 = max(0, c.suv.shape[0] // 2 - slices // 2)
+        zs = slice(z0, z0 + slices)
+        ct = c.ct[zs].astype(np.float32) if c.ct is not None else None
+        data.append((d.name, c.suv[zs], c.low[fraction][zs].astype(np.float32), ct, c.lesions[zs] > 0))
+    curve = []
+    for sampler, start in modes:
+        for steps in steps_list:
+            nr, nr_les, secs = [], [], []
+            for name, ref, low, ct, les in data:
+                t0 = time.time()
+                out = denoise_segment_arrays(low, ct, nets, card, steps, sampler, 1, 0, start)
+                secs.append(time.time() - t0)
+                nr.append(_nrmse(ref, out["suv"]))
+                if les.any():
+                    nr_les.append(_nrmse(ref, out["suv"], les))
+            rec = {"sampler": sampler, "start_fraction": start, "steps": steps,
+                   "nrmse": round(float(np.mean(nr)), 5),
+                   "nrmse_lesion": round(float(np.mean(nr_les)), 5) if nr_les else None,
+                   "seconds_per_slab": round(float(np.mean(secs)), 2)}
+            log.info("%s", rec)
+            curve.append(rec)
+    base = [_nrmse(ref, low) for _, ref, low, _, _ in data]
+    result = {"cases": [d[0] for d in data], "fraction": fraction, "slices": slices,
+              "input_nrmse": round(float(np.mean(base)), 5), "curve": curve}
+    if png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for sampler, start in modes:
+            pts = [(r["steps"], r["nrmse"]) for r in curve
+                   if r["sampler"] == sampler and r["start_fraction"] == start]
+            ax.plot(*zip(*pts), marker="o", label=f"{sampler}, start {start:g}")
+        ax.axhline(result["input_nrmse"], color="grey", ls="--", label="low-count input")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel("NRMSE vs true SUV (whole slab)")
+        ax.set_title(f"AMDiff quality vs steps ({fraction} % counts, {len(data)} validation cases)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+    return result
+
+
+def real_check(model: str | Path, data_dir: str | Path, cases=("STS_001", "STS_002")) -> list[dict]:
+    """Run the task's pipeline on real sarcoma PET (as acquired) and compare with the expert GTV."""
+    from PETDiffusionLib.models.registry import load_model_folder
+    from PETDiffusionLib.tasks.denoise_segment import denoise_segment_image
+    nets, card = load_model_folder(model)
+    rows = []
+    for name in cases:
+        d = Path(data_dir) / name
+        pet = sitk.ReadImage(str(d / "PET_image.nii.gz"), sitk.sitkFloat32)
+        gtv = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "PET_mask.nii.gz"))) > 0
+        ct = sitk.ReadImage(str(d / "CT_image.nii.gz"), sitk.sitkFloat32) \
+            if (d / "CT_image.nii.gz").is_file() else None
+        row = {"case": name}
+        for use_ct in ((False, True) if ct is not None else (False,)):
+            t0 = time.time()
+            res = denoise_segment_image(pet, ct if use_ct else None, nets, card, {})
+            den = sitk.GetArrayFromImage(res["pet_denoised"])
+            les = sitk.GetArrayFromImage(res["lesions"]) > 0
+            inp = sitk.GetArrayFromImage(pet)
+            inter = float(np.logical_and(les, gtv).sum())
+            row["with_ct" if use_ct else "pet_only"] = {
+                "dice": round(2 * inter / max(1.0, float(les.sum() + gtv.sum())), 4),
+                "predicted_voxels": int(les.sum()), "gtv_voxels": int(gtv.sum()),
+                "suvmax_predicted_lesion": round(float(den[les].max()), 2) if les.any() else None,
+                "suvmax_denoised_in_gtv": round(float(den[gtv].max()), 2),
+                "suvmax_input_in_gtv": round(float(inp[gtv].max()), 2),
+                "seconds": round(time.time() - t0, 1)}
+        log.info("%s", row)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m PETDiffusionLib.training.recipes.denoise_segment train|export ...``."""
     import argparse
@@ -484,6 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate-segmenter")
     v.add_argument("--run", required=True)
     v.add_argument("--json", default=None)
+    c = sub.add_parser("steps-curve")
+    c.add_argument("--model", required=True)
+    c.add_argument("--cohort", required=True)
+    c.add_argument("--cases", default="0,1")
+    c.add_argument("--fraction", type=int, default=10)
+    c.add_argument("--slices", type=int, default=32)
+    c.add_argument("--steps", default="1,2,4,8,16,32")
+    c.add_argument("--png", default=None)
+    c.add_argument("--json", default=None)
+    r = sub.add_parser("real-check")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", default="../shared/data/petct_sts/nifti")
+    r.add_argument("--json", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.cmd == "train":
@@ -492,6 +598,18 @@ def main(argv: list[str] | None = None) -> int:
             k, v = kv.split("=", 1)
             cfg[k] = json.loads(v)
         return train(cfg)
+    if args.cmd in ("steps-curve", "real-check"):
+        if args.cmd == "steps-curve":
+            res = steps_curve(args.model, args.cohort, [int(x) for x in args.cases.split(",")],
+                              args.fraction, args.slices,
+                              tuple(int(x) for x in args.steps.split(",")), png=args.png)
+        else:
+            res = real_check(args.model, args.data)
+        text = json.dumps(res, indent=1)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text)
+        return 0
     if args.cmd == "validate-segmenter":
         res = validate_segmenter(args.run)
         text = json.dumps(res, indent=1)
