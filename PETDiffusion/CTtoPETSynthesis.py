@@ -3,7 +3,6 @@
 Thin Slicer face over ``PETDiffusionLib`` task ``ct-to-pet``, which runs in a separate process
 (PETDiffusionSlicer.runner). Research use only; every output is labelled synthetic.
 """
-from __future__ import annotations
 
 import logging
 import os
@@ -47,7 +46,7 @@ class CTtoPETSynthesis(ScriptedLoadableModule):
             self.parent.icon = qt.QIcon(icon)
 
 
-def _icon_path() -> str | None:
+def _icon_path() -> Optional[str]:
     try:
         return resource_path("Icons/CTtoPETSynthesis.png")
     except FileNotFoundError:

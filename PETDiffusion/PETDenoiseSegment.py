@@ -3,7 +3,6 @@
 Thin Slicer face over ``PETDiffusionLib`` task ``denoise-segment`` (AMDiff), which runs in a separate
 process (PETDiffusionSlicer.runner). Research use only.
 """
-from __future__ import annotations
 
 import logging
 import os
@@ -49,7 +48,7 @@ class PETDenoiseSegment(ScriptedLoadableModule):
             self.parent.icon = qt.QIcon(icon)
 
 
-def _icon_path() -> str | None:
+def _icon_path() -> Optional[str]:
     try:
         return resource_path("Icons/PETDenoiseSegment.png")
     except FileNotFoundError:

@@ -125,3 +125,11 @@ def test_terminology_file_is_valid_json_with_snomed_codes():
     assert types["lungs"]["CodeValue"] == "39607008"
     for t in types.values():
         assert t["CodingSchemeDesignator"] == "SCT" and len(t["recommendedDisplayRGBValue"]) == 3
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_annotations_are_evaluated_for_the_parameter_node_wrapper(name):
+    """parameterNodeWrapper reads the class annotations as types: no postponed (string) annotations."""
+    tree = ast.parse(module_source(name))
+    futures = [a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__" for a in n.names]
+    assert "annotations" not in futures
