@@ -81,3 +81,14 @@ def test_failed_save_leaves_no_folder_behind(tmp_path):
     with pytest.raises(ValueError, match="lacks 'net'"):
         save_model_folder(tmp_path / "bad", {"net": net}, card())
     assert not (tmp_path / "bad").exists()
+
+
+def test_builder_specs_round_trip_through_a_model_folder(tmp_path):
+    from PETDiffusionLib.networks.builders import autoencoder_kl_spec, build, diffusion_unet_spec
+    nets = {"unet": build(diffusion_unet_spec(2, 3, channels=(8, 16), norm_num_groups=4)),
+            "autoencoder": build(autoencoder_kl_spec(2, 1, channels=(8, 16), norm_num_groups=4))}
+    loaded, c = load_model_folder(save_model_folder(tmp_path / "b", nets, card()))
+    assert c["networks"]["unet"]["args"]["in_channels"] == 3
+    z = loaded["autoencoder"].encode_stage_2_inputs(torch.zeros(1, 1, 16, 16))
+    assert z.shape == (1, 4, 8, 8)
+    assert loaded["unet"](torch.zeros(1, 3, 16, 16), torch.tensor([1])).shape == (1, 1, 16, 16)
