@@ -238,3 +238,18 @@ def test_library_organ_names_map_to_snomed_types(name, code):
     nodes.terminology_logic().DeserializeTerminologyEntry(entry_text, entry)
     assert entry.GetTypeObject().GetCodeValue() == code
     assert all(0 <= c <= 1 for c in rgb)
+
+
+def test_colour_table_has_every_terminology_type_with_its_codes(scene):
+    import json
+    table = nodes.load_color_table()
+    assert nodes.load_color_table() is table            # once per scene
+    data = json.loads((ROOT / "Resources" / "Terminology" / "PETDiffusion.term.json").read_text())
+    types = [t for c in data["SegmentationCodes"]["Category"] for t in c["Type"]]
+    assert table.GetNumberOfColors() == len(types) + 1
+    for i, t in enumerate(types, start=1):
+        assert table.GetColorName(i) == t["3dSlicerLabel"]
+        assert table.GetTerminologyType(i).GetCodeValue() == t["CodeValue"]
+        rgba = [0.0] * 4
+        table.GetColor(i, rgba)
+        assert [round(c * 255) for c in rgba[:3]] == t["recommendedDisplayRGBValue"]

@@ -351,6 +351,25 @@ def place_in_study_of(node, reference_node) -> None:
         sh.CreateItem(parent, node)
 
 
+COLOR_TABLE_FILE = "ColorTables/PETDiffusion.csv"
+
+
+def load_color_table():
+    """The extension's colour table (one entry per terminology type, with its codes), loaded once per
+    scene: pick it when drawing an organ label map by hand so its names are the ones the library
+    understands (liver, lungs, kidneys, spleen, aorta, ...)."""
+    existing = scene().GetFirstNodeByName("PETDiffusion")
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    node = scene().AddNewNodeByClass("vtkMRMLColorTableNode", "PETDiffusion")
+    storage = slicer.vtkMRMLColorTableStorageNode()
+    storage.SetFileName(resource_path(COLOR_TABLE_FILE))
+    if not storage.ReadData(node):
+        scene().RemoveNode(node)
+        raise RuntimeError(f"cannot read the colour table {storage.GetFileName()}")
+    return node
+
+
 # ------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------
