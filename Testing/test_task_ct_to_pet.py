@@ -206,3 +206,19 @@ def test_regression_baseline_and_floor_run_through_the_same_pipeline(tmp_path):
     # tiny card floor: class i -> 0.5 i; air outside is class 0, the lungs class 1, bone class 4
     hu = sitk.GetArrayFromImage(ct)
     assert np.all(floor[hu > 300] == 2.0) and floor[0, 0, 0] == 0.0
+
+
+def test_shipped_model_loads_and_its_hash_checks():
+    from PETDiffusionLib.models.registry import load_model_folder, resolve_model, sha256_file
+    folder = resolve_model(ct_to_pet.MODEL_ID)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["weights_sha256"] == sha256_file(folder / "model.safetensors")
+    assert card["task"] == "ct-to-pet" and "not for diagnosis" in card["intended_use"]
+    nets, card2 = load_model_folder(ct_to_pet.MODEL_ID)
+    assert set(nets) == {"autoencoder", "attention", "denoiser"}
+    assert card2["preprocessing"]["working_spacing_mm"] == [4.0, 4.0, 5.0]
+    # the card states the autoencoder's reconstruction error (issue 7)
+    rec = card["training"]["stages"]["autoencoder"]["reconstruction"]
+    assert rec["pet_mae_suv_body"] > 0 and rec["ct_mae_hu_body"] > 0
+    n_params = sum(p.numel() for p in nets["denoiser"].parameters())
+    assert n_params < 1_000_000  # a small denoiser (the CPU budget of issue 7)

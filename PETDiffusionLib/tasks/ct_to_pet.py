@@ -139,10 +139,13 @@ def _batched(fn, x: torch.Tensor, batch: int = SLICE_BATCH) -> torch.Tensor:
 @torch.no_grad()
 def synthesize(ct_img: sitk.Image, networks: dict, card: dict, *, kvp: float = DEFAULT_KVP,
                steps: int = DEFAULT_STEPS, samples: int = 1, seed: int = 0,
-               device: torch.device | str = "cpu", progress=None) -> dict[str, sitk.Image]:
+               device: torch.device | str = "cpu", progress=None, cache: dict | None = None
+               ) -> dict[str, sitk.Image]:
     """CT image -> {"pet", "std", "attention"} images on the CT's grid (SUVbw, SUVbw, probability).
 
-    ``progress`` is an optional callable(fraction, message) (a SubProgress).
+    ``progress`` is an optional callable(fraction, message) (a SubProgress). ``cache`` (evaluation
+    only): a dict kept between calls on the same CT by models that share the autoencoder and the
+    attention network, so the working grid, M_sigma, M_mu and the CT latents are computed once.
     """
     from PETDiffusionLib.diffusion.bridge import BrownianBridge
     dev = torch.device(device)
@@ -150,24 +153,32 @@ def synthesize(ct_img: sitk.Image, networks: dict, card: dict, *, kvp: float = D
     context, factor, scale = int(pre["context_slices"]), int(pre["latent_factor"]), float(pre["latent_scale"])
     ae, att, den = networks["autoencoder"], networks["attention"], networks["denoiser"]
     report = progress or (lambda f, m="": None)
+    t_start = time.monotonic()
 
-    work = cpdm.working_image(ct_img, pre["working_spacing_mm"], default=cpdm.CT_HU_MIN)
-    ct = cpdm.sitk_array(work)
-    ct_p, (y0, x0, h, w) = cpdm.pad_to_multiple(ct, PAD_MULTIPLE, cpdm.CT_HU_MIN)
-    n = len(ct_p)
-    ct_n = cpdm.ct_to_net(ct_p)
-    report(0.05, "attention map")
-    stacks = torch.from_numpy(cpdm.stacks_25d(ct_n, np.zeros(n, int), context)).to(dev)
-    msig = _batched(lambda x: torch.sigmoid(att(x)), stacks)               # [n,1,H,W]
-    report(0.15, "encode CT")
-    y = _batched(lambda x: ae.encode(x)[0], torch.from_numpy(ct_n)[:, None].to(dev)) * scale
+    if cache is not None and "y" in cache:
+        work, ct_p, (y0, x0, h, w), msig, y, mu = (cache[k] for k in ("work", "ct_p", "box", "msig", "y", "mu"))
+        n = len(ct_p)
+    else:
+        work = cpdm.working_image(ct_img, pre["working_spacing_mm"], default=cpdm.CT_HU_MIN)
+        ct = cpdm.sitk_array(work)
+        ct_p, (y0, x0, h, w) = cpdm.pad_to_multiple(ct, PAD_MULTIPLE, cpdm.CT_HU_MIN)
+        n = len(ct_p)
+        ct_n = cpdm.ct_to_net(ct_p)
+        report(0.05, "attention map")
+        stacks = torch.from_numpy(cpdm.stacks_25d(ct_n, np.zeros(n, int), context)).to(dev)
+        msig = _batched(lambda x: torch.sigmoid(att(x)), stacks)               # [n,1,H,W]
+        report(0.15, "encode CT")
+        y = _batched(lambda x: ae.encode(x)[0], torch.from_numpy(ct_n)[:, None].to(dev)) * scale
+        mu = torch.from_numpy(cpdm.attenuation_condition(ct_p, kvp))[:, None].to(dev)
+        if cache is not None:
+            cache.update(work=work, ct_p=ct_p, box=(y0, x0, h, w), msig=msig, y=y, mu=mu,
+                         prep_seconds=time.monotonic() - t_start)
     parts = []
     for off in [o for o in range(-context, context + 1) if o != 0]:
         parts.append(y[np.clip(np.arange(n) + off, 0, n - 1)])
     if pre.get("use_sigma", True):
         parts.append(cpdm.downsample_map(msig, factor))
     if pre.get("use_mu", True):
-        mu = torch.from_numpy(cpdm.attenuation_condition(ct_p, kvp))[:, None].to(dev)
         parts.append(cpdm.downsample_map(mu, factor))
     cond = torch.cat(parts, 1)
 
@@ -282,6 +293,7 @@ ORGAN_GROUPS: dict[str, tuple[str, ...]] = {
     "spleen": ("spleen",), "lungs": ("lung",), "muscle": ("muscle",),
     "bone": ("vertebrae", "pelvis", "ribs", "bone", "skull", "femur"),
 }
+CASE_KVP = 120  # the simulator's CT tube voltage (phantom/case.py CT_KVP)
 BASELINE_DIRS = {"cpdm_no_sigma": "cpdm-no-sigma", "cpdm_no_mu": "cpdm-no-mu",
                  "unet_regression": "cpdm-regression"}
 
@@ -297,8 +309,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-data", default=None,
                         help="shared data folder: also run the real CT (ct_totalseg_example) and the "
                              "sarcoma PET/CTs (petct_sts)")
-    parser.add_argument("--json", default=None, help="where to write the JSON (default runs/ct_to_pet/evaluation.json)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--figures", default=None,
+                        help="folder for figures (ct_to_pet_heldout.png, ct_to_pet_steps.png)")
 
 
 def _organ_groups(names: dict[int, str]) -> dict[str, list[int]]:
@@ -353,7 +366,7 @@ def _summarise(rows: list[dict]) -> dict:
 
 def evaluate(args) -> int:
     """Held-out cohort: CPDM, its two ablations, the U-Net regression and the tissue floor."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, int(getattr(args, "threads", 1) or 1)))
     cohort = Path(args.cohort)
     cases = sorted(p for p in cohort.iterdir() if (p / "ct.nii.gz").is_file()) if cohort.is_dir() else []
     if not cases:
@@ -367,11 +380,17 @@ def evaluate(args) -> int:
     for name, folder in BASELINE_DIRS.items():
         if (bdir / folder / "card.json").is_file():
             methods[name] = load_model(bdir / folder)
+            for shared in ("autoencoder", "attention"):  # the cache below relies on this
+                a, b = nets[shared].state_dict(), methods[name][0][shared].state_dict()
+                if any(not torch.equal(a[k], b[k]) for k in a):
+                    raise InputError(f"baseline {name} has its own {shared}; evaluate it separately",
+                                     bdir / folder)
         else:
             log.warning("baseline %s not found in %s; not evaluated", name, bdir)
     results = {m: [] for m in list(methods) + ["tissue_floor"]}
     curve_steps = [int(s) for s in str(args.curve).split(",") if s.strip()] if args.curve else []
     curve = {s: [] for s in curve_steps}
+    first_case = None
     for ci, case in enumerate(cases):
         ct = read_image(case / "ct.nii.gz")
         ref_img = resample_to(read_image(case / "pet_ac.nii.gz"), ct)
@@ -382,23 +401,37 @@ def evaluate(args) -> int:
         groups = _organ_groups(names)
         ct_arr = sitk.GetArrayFromImage(ct).astype(np.float32)
         body = cpdm.body_mask(ct_arr)
+        shown = {"CT": ct_arr, "reference PET (pet_ac)": ref} if ci == 0 else None
+        cache: dict = {}  # shared by all methods: they share the autoencoder and attention weights
         for m, (mn, mc) in methods.items():
-            t0 = time.monotonic()
-            pred = synthesize(ct, mn, mc, kvp=120, steps=steps, seed=args.seed)["pet"]
+            t0, had = time.monotonic(), "y" in cache
+            res = synthesize(ct, mn, mc, kvp=CASE_KVP, steps=steps, seed=args.seed, cache=cache)
+            pred = res["pet"]
+            if shown is not None:
+                shown[m] = sitk.GetArrayFromImage(pred)
+                if m == "cpdm":
+                    shown["attention map (cpdm)"] = sitk.GetArrayFromImage(res["attention"])
             row = score_case(sitk.GetArrayFromImage(pred), ref, body, organs, groups)
-            row["seconds"] = time.monotonic() - t0
+            # whole-volume seconds: a cached call adds the shared preparation it skipped
+            row["seconds"] = time.monotonic() - t0 + (cache["prep_seconds"] if had else 0.0)
             row["case"] = case.name
             results[m].append(row)
         t0 = time.monotonic()
-        row = score_case(sitk.GetArrayFromImage(floor_prediction(ct, card)), ref, body, organs, groups)
+        floor_arr = sitk.GetArrayFromImage(floor_prediction(ct, card))
+        if shown is not None:
+            shown["tissue_floor"] = floor_arr
+            sp = ct.GetSpacing()
+            first_case = (case.name, shown, sp[2] / sp[0])
+        row = score_case(floor_arr, ref, body, organs, groups)
         row["seconds"], row["case"] = time.monotonic() - t0, case.name
         results["tissue_floor"].append(row)
         if ci < args.curve_cases:
             for s in curve_steps:
                 t0 = time.monotonic()
-                pred = synthesize(ct, nets, card, kvp=120, steps=s, seed=args.seed)["pet"]
+                pred = synthesize(ct, nets, card, kvp=CASE_KVP, steps=s, seed=args.seed, cache=cache)["pet"]
                 row = score_case(sitk.GetArrayFromImage(pred), ref, body, None, {})
-                row["seconds"], row["case"] = time.monotonic() - t0, case.name
+                row["seconds"] = time.monotonic() - t0 + cache["prep_seconds"]
+                row["case"] = case.name
                 curve[s].append(row)
         log.info("evaluated %s (%d/%d): %s", case.name, ci + 1, len(cases),
                  {m: round(r[-1]["mae_suv"], 4) for m, r in results.items()})
@@ -413,12 +446,64 @@ def evaluate(args) -> int:
            "threads": torch.get_num_threads()}
     if getattr(args, "real_data", None):
         out["real_data"] = evaluate_real(Path(args.real_data), nets, card, steps, args.seed)
-    dst = Path(args.json or "runs/ct_to_pet/evaluation.json")
+    dst = Path(getattr(args, "out", None) or "runs/ct_to_pet/evaluation.json")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(out, indent=2, default=float))
+    if getattr(args, "figures", None):
+        out["figures"] = write_figures(Path(args.figures), first_case, curve_summary, summary)
     dst.write_text(json.dumps(out, indent=2, default=float))
     print(format_table(out))
     print(f"wrote {dst}")
     return 0
+
+
+def write_figures(folder: Path, first_case, curve: dict, summary: dict) -> list[str]:
+    """docs figures: coronal slices of the first held-out case per method, and quality vs steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    name, shown, aspect = first_case
+    ref = shown["reference PET (pet_ac)"]
+    y = ref.shape[1] // 2  # the coronal plane through the middle of the field of view
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 4.2))
+    for ax, (title, vol) in zip(axes, shown.items()):
+        sl = np.flipud(vol[:, y, :])
+        if title == "CT":
+            ax.imshow(sl, cmap="gray", vmin=-400, vmax=600, aspect=aspect)
+        elif title.startswith("attention"):
+            ax.imshow(sl, cmap="viridis", vmin=0, vmax=1, aspect=aspect)
+        else:
+            ax.imshow(sl, cmap="gray_r", vmin=0, vmax=6, aspect=aspect)
+        label = title if title in ("CT", "reference PET (pet_ac)") or title.startswith("attention") else \
+            f"{title}\nMAE {summary[title]['mae_suv']:.3f}"
+        ax.set_title(label, fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"ct-to-pet, held-out {name}, coronal slice; PET 0-6 SUV; SYNTHETIC except the reference",
+                 fontsize=8)
+    fig.tight_layout()
+    p = folder / "ct_to_pet_heldout.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(str(p))
+    if curve:
+        st = sorted(int(k) for k in curve)
+        fig, ax1 = plt.subplots(figsize=(5, 3.2))
+        ax1.plot(st, [curve[k]["mae_suv"] for k in st], "o-", label="MAE (SUV)")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("bridge steps")
+        ax1.set_ylabel("MAE in body (SUV)")
+        ax2 = ax1.twinx()
+        ax2.plot(st, [curve[k]["seconds"] for k in st], "s--", color="tab:red", label="s / volume")
+        ax2.set_ylabel("seconds per volume (1 CPU thread)")
+        fig.legend(loc="upper center", fontsize=7)
+        fig.tight_layout()
+        p = folder / "ct_to_pet_steps.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(str(p))
+    return written
 
 
 def format_table(out: dict) -> str:
@@ -519,12 +604,22 @@ def bench(args) -> int:
 
 
 def demo(out_dir) -> list[str]:
-    """`make demo`: the task on a simulated CT (the phantom simulator when present)."""
+    """`make demo`: the task on a simulated (analytic) torso CT with the shipped model, 2 samples."""
     from PETDiffusionLib.tasks.runner import run_task
-    out_dir = Path(out_dir) / "ct_to_pet"
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ct_path = out_dir / "input_ct.nii.gz"
-    write_image(simple_ct((96, 128, 128)), ct_path, units="HU")
-    inputs = {"ct": str(ct_path)}
-    manifest = run_task("ct-to-pet", inputs, {"samples": 2}, out_dir / "result")
-    return [str(manifest)] + sorted(str(p) for p in (out_dir / "result").iterdir())
+    write_image(simple_ct((96, 128, 128), (4.0, 4.0, 5.0)), ct_path, units="HU")
+    manifest = run_task("ct-to-pet", {"ct": str(ct_path)}, {"samples": 2, "kvp": 120}, out_dir / "result")
+    man = json.loads(manifest.read_text())
+    pet = sitk.GetArrayFromImage(read_image(out_dir / "result" / "pet_synthetic.nii.gz"))
+    std = sitk.GetArrayFromImage(read_image(out_dir / "result" / "uncertainty.nii.gz"))
+    ct = sitk.GetArrayFromImage(read_image(ct_path))
+    body = cpdm.body_mask(ct)
+    liver = (np.abs(ct - 55) < 30) & body  # the analytic CT's liver block (55 HU)
+    return [f"model {man['model_id']} {man['model_version']}, {man['parameters']['steps']} bridge steps, "
+            f"{man['seconds']} s",
+            f"SYNTHETIC PET (SUVbw) written: {out_dir / 'result' / 'pet_synthetic.nii.gz'}",
+            f"synthetic SUVmean: body {pet[body].mean():.2f}, liver-like block {pet[liver].mean():.2f}; "
+            f"mean sample SD in body {std[body].mean():.3f}",
+            f"manifest: {manifest}"]

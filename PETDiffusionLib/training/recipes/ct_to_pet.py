@@ -46,7 +46,8 @@ STAGES = ["prepare", "autoencoder", "attention", "latents", "bridge:cpdm", "brid
 # data
 
 def list_cases(cohort: Path) -> list[Path]:
-    cases = sorted(p for p in Path(cohort).iterdir() if p.is_dir() and (p / "ct.nii.gz").is_file())
+    cases = sorted(p for p in Path(cohort).iterdir()
+                   if p.is_dir() and (p / "ct.nii.gz").is_file() and (p / "case.json").is_file())
     if not cases:
         raise FileNotFoundError(f"{cohort}: no case_*/ct.nii.gz found")
     return cases
@@ -59,7 +60,7 @@ def prepare(cfg: dict, run_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     spacing = tuple(cfg["working_spacing_mm"])
     size = int(cfg["slice_size"])
-    cases = list_cases(Path(cfg["cohort"]))
+    cases = list_cases(Path(cfg["cohort"]))[:int(cfg.get("max_cases", 10 ** 6))]
     for case in cases:
         dst = out / f"{case.name}.npz"
         if dst.is_file():
@@ -439,6 +440,24 @@ def model_card(cfg: dict, variant: str, use_sigma: bool, use_mu: bool, lat_info:
     }
 
 
+def record_evaluation(model_folder: str | Path, evaluation_json: str | Path, notes: dict | None = None
+                      ) -> dict:
+    """Copy the measured figures of ``petdiffusion evaluate ct-to-pet`` into the card's "evaluation"
+    (the weights hash is untouched: card.json is not part of the hashed weights)."""
+    from PETDiffusionLib.io.atomic import atomic_write_text
+    folder = Path(model_folder)
+    card = json.loads((folder / "card.json").read_text())
+    ev = json.loads(Path(evaluation_json).read_text())
+    card["evaluation"] = {
+        "command": f"petdiffusion evaluate ct-to-pet --cohort {ev['cohort']}",
+        "cohort": ev["cohort"], "cases": ev["cases"], "steps": ev["steps"],
+        "metrics_inside": ev["metrics_inside"], "reference": ev["reference"],
+        "summary": ev["summary"], "steps_curve": ev.get("steps_curve"),
+        "real_data": ev.get("real_data"), "threads": ev.get("threads"), **(notes or {})}
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2) + "\n")
+    return card
+
+
 # ------------------------------------------------------------------------------------------------
 
 def train(config: dict, args=None) -> int:
@@ -470,14 +489,10 @@ def train(config: dict, args=None) -> int:
     return 0
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", default="all", help="comma-separated stages: " + ", ".join(STAGES))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
-    add_train_args(p)
+    p.add_argument("--stage", default="all", help="comma-separated stages: " + ", ".join(STAGES))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return train(json.loads(Path(args.config).read_text()), args)
