@@ -70,9 +70,7 @@ def test_written_nrrd_loads_in_slicer_with_the_same_ijk_to_ras(scene, tmp_path):
     node = nodes.volume_node_from_image(img, "PET", units="SUVbw")
     path = nodes.write_volume_node(node, tmp_path / "pet.nrrd")
     assert sitk.ReadImage(str(path)).GetMetaData("PETDiffusion.units") == "SUVbw"
-    volumes_logic = slicer.vtkSlicerVolumesLogic()
-    volumes_logic.SetMRMLScene(scene)
-    loaded = volumes_logic.AddArchetypeVolume(str(path), "loaded", 0, vtk.vtkStringArray())
+    loaded = nodes.load_volume_file(path, "loaded")
     m1, m2 = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m1)
     loaded.GetIJKToRASMatrix(m2)

@@ -77,8 +77,12 @@ def new_headless_scene() -> "slicer.vtkMRMLScene":
     seg_logic.SetMRMLScene(sc)
     seg_logic.SetMRMLApplicationLogic(app_logic)
     app_logic.SetModuleLogic("Segmentations", seg_logic)
+    volumes_logic = slicer.vtkSlicerVolumesLogic()
+    volumes_logic.SetMRMLScene(sc)
+    volumes_logic.SetMRMLApplicationLogic(app_logic)
+    app_logic.SetModuleLogic("Volumes", volumes_logic)
     # Note: without Qt no subject hierarchy plugin gives new nodes an item; place_in_study_of makes one.
-    sc._petdiffusion_logics = (app_logic, color_logic, seg_logic)  # keep them alive with the scene
+    sc._petdiffusion_logics = (app_logic, color_logic, seg_logic, volumes_logic)  # keep them alive with the scene
     return sc
 
 
@@ -91,6 +95,19 @@ def segmentations_logic():
     lg = slicer.vtkSlicerSegmentationsModuleLogic()
     lg.SetMRMLScene(scene())
     return lg
+
+
+def load_volume_file(path: str | os.PathLike, name: str, label: bool = False):
+    """Load an image file as Slicer does (Volumes module logic: LPS file -> RAS node)."""
+    if hasattr(slicer, "modules") and hasattr(slicer.modules, "volumes"):
+        return slicer.util.loadVolume(str(path), {"name": name, "labelmap": label})
+    logics = getattr(scene(), "_petdiffusion_logics", None)
+    if not logics:
+        raise RuntimeError("call new_headless_scene() first outside Slicer")
+    node = logics[3].AddArchetypeVolume(str(path), name, 1 if label else 0, vtk.vtkStringArray())
+    if node is None:
+        raise ValueError(f"{path}: Slicer could not read this volume")
+    return node
 
 
 def terminology_logic():

@@ -1,0 +1,65 @@
+"""Real images through the Slicer side (../shared/data, see its MANIFEST.md): volumes loaded by Slicer's
+own reader reach the library unchanged, and a real label map becomes named segments with the right
+voxel counts. Sources: IBSI soft-tissue sarcoma PET/CT (TCIA, CC BY 3.0; Vallieres et al. 2015) and
+the TotalSegmentator example CT (Apache-2.0)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "PETDiffusion"))
+
+
+from PETDiffusionSlicer import nodes  # noqa: E402
+
+
+@pytest.fixture()
+def scene():
+    sc = nodes.new_headless_scene()
+    yield sc
+    sc.Clear(1)
+
+
+def load_with_slicer(scene, path: Path, name: str):
+    """As Slicer loads a file (Volumes module logic, LPS file -> RAS node)."""
+    return nodes.load_volume_file(path, name)
+
+
+@pytest.mark.parametrize("case,image,units", [("STS_001", "PET_image", "SUVbw"), ("STS_001", "CT_image", "HU"),
+                                              ("STS_002", "PET_image", "SUVbw")])
+def test_real_volume_loaded_by_slicer_reaches_the_library_unchanged(scene, shared_data, tmp_path, case, image, units):
+    path = shared_data / "petct_sts" / "nifti" / case / f"{image}.nii.gz"
+    node = load_with_slicer(scene, path, image)
+    nodes.set_volume_units(node, units)
+    written = nodes.write_volume_node(node, tmp_path / "input.nrrd")   # what the runner hands the library
+    from PETDiffusionLib.io.images import get_units, read_image
+    original, received = sitk.ReadImage(str(path)), read_image(written)
+    assert get_units(received) == units
+    assert received.GetSize() == original.GetSize()
+    assert np.allclose(received.GetSpacing(), original.GetSpacing(), rtol=0, atol=1e-6)
+    assert np.allclose(received.GetOrigin(), original.GetOrigin(), rtol=0, atol=1e-4)
+    assert np.allclose(received.GetDirection(), original.GetDirection(), rtol=0, atol=1e-6)
+    assert np.array_equal(sitk.GetArrayFromImage(received),
+                          sitk.GetArrayFromImage(original).astype(np.float32))
+
+
+def test_real_label_map_becomes_segments_with_names_and_voxel_counts(scene, shared_data):
+    folder = shared_data / "ct_totalseg_example"
+    ct = load_with_slicer(scene, folder / "tests" / "reference_files" / "example_ct_sm.nii.gz", "CT")
+    names = {int(k): v for k, v in json.loads((folder / "totalsegmentator_total_class_map.json").read_text()).items()}
+    labels = sitk.ReadImage(str(folder / "tests" / "reference_files" / "example_seg.nii.gz"))
+    arr = sitk.GetArrayFromImage(labels)
+    present = [int(v) for v in np.unique(arr) if v]
+    seg = nodes.segmentation_from_label_image(labels, names, "organs", reference_volume=ct)
+    counts = nodes.segment_voxel_counts(seg, ct)
+    expected = {names[v]: int(np.count_nonzero(arr == v)) for v in present}
+    print(f"{len(expected)} structures, e.g. liver {expected.get('liver')} voxels")
+    assert counts == expected
+    liver = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("liver"))
+    assert "^10200004^Liver" in liver.GetTerminology()
