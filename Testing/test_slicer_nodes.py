@@ -251,3 +251,31 @@ def test_colour_table_has_every_terminology_type_with_its_codes(scene):
         rgba = [0.0] * 4
         table.GetColor(i, rgba)
         assert [round(c * 255) for c in rgba[:3]] == t["recommendedDisplayRGBValue"]
+
+
+def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked(scene):
+    # the views desktop Slicer would make: a layout node, slice nodes and a slice logic per view
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    layout = layout_logic.GetLayoutNode()
+    layout.SetViewArrangement(layout.SlicerLayoutFourUpView)
+    slice_logics = []
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        logic.SetSliceNode(scene.GetNthNodeByClass(i, "vtkMRMLSliceNode"))
+        slice_logics.append(logic)
+    one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    ct = nodes.volume_node_from_image(one, "CT", units="HU")
+    ref = nodes.volume_node_from_image(one, "PET", units="SUVbw")
+    syn = nodes.volume_node_from_image(one, "pet synthetic", units="SUVbw", synthetic=True)
+    display.show_compare_layout(ct, ref, syn)
+    assert layout.GetViewArrangement() == display.COMPARE_LAYOUT_ID
+    assert "vtkMRMLSliceNode" in layout.GetLayoutDescription(display.COMPARE_LAYOUT_ID)
+    shown = {}
+    for view in display.COMPARE_VIEWS:
+        composite = display.slice_composite_node(scene, view)
+        assert composite is not None and composite.GetLinkedControl()
+        shown[view] = composite.GetBackgroundVolumeID()
+    assert shown == {"Red": ct.GetID(), "Yellow": ref.GetID(), "Green": syn.GetID()}
+    assert syn.GetDisplayNode().GetColorNodeID() == display.PET_COLOR_NODE_ID

@@ -86,28 +86,44 @@ def fuse_pet_over_ct(pet_node, ct_node=None) -> None:
 
 
 def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None:
-    """CT | reference PET | synthetic PET side by side, slices linked (desktop Slicer only)."""
+    """CT | reference PET | synthetic PET side by side, slices linked.
+
+    MRML only (layout node, slice composite nodes), so it also works on a scene whose views are
+    made by other means; in desktop Slicer the layout manager follows the layout node.
+    """
     show_ct(ct_node)
     for pet in (reference_pet_node, synthetic_pet_node):
         if pet is not None:
             show_pet(pet)
-    if not has_views():
-        return
-    layout_manager = slicer.app.layoutManager()
-    layout_logic = layout_manager.layoutLogic()
-    if not layout_logic.GetLayoutNode().IsLayoutDescription(COMPARE_LAYOUT_ID):
-        layout_logic.GetLayoutNode().AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
-    layout_manager.setLayout(COMPARE_LAYOUT_ID)
+    scene = ct_node.GetScene()
+    layout = (slicer.app.layoutManager().layoutLogic().GetLayoutNode() if has_views()
+              else scene.GetFirstNodeByClass("vtkMRMLLayoutNode"))
+    if layout is not None:
+        if not layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
+            layout.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
+        layout.SetViewArrangement(COMPARE_LAYOUT_ID)
     for view, volume in zip(COMPARE_VIEWS, (ct_node, reference_pet_node, synthetic_pet_node)):
-        widget = layout_manager.sliceWidget(view)
-        if widget is None or volume is None:
+        composite = slice_composite_node(scene, view)
+        if composite is None:
             continue
-        composite = widget.mrmlSliceCompositeNode()
-        composite.SetBackgroundVolumeID(volume.GetID())
+        composite.SetBackgroundVolumeID(volume.GetID() if volume is not None else None)
         composite.SetForegroundVolumeID(None)
         composite.SetLabelVolumeID(None)
         composite.SetLinkedControl(True)   # one slice position, zoom and pan for all three
-        widget.sliceLogic().FitSliceToAll()
+    if has_views():
+        for view in COMPARE_VIEWS:
+            widget = slicer.app.layoutManager().sliceWidget(view)
+            if widget is not None:
+                widget.sliceLogic().FitSliceToAll()
+
+
+def slice_composite_node(scene, view: str):
+    """The slice composite node of a view (Red, Yellow, Green), or None."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        if node.GetLayoutName() == view:
+            return node
+    return None
 
 
 def show_results(output_nodes: dict, input_nodes: dict) -> None:
