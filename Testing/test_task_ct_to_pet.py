@@ -222,3 +222,16 @@ def test_shipped_model_loads_and_its_hash_checks():
     assert rec["pet_mae_suv_body"] > 0 and rec["ct_mae_hu_body"] > 0
     n_params = sum(p.numel() for p in nets["denoiser"].parameters())
     assert n_params < 1_000_000  # a small denoiser (the CPU budget of issue 7)
+
+
+def test_real_dicom_ct_reads_kvp_from_the_header_and_returns_on_its_512_grid(tmp_path, tiny_model,
+                                                                             shared_data):
+    dicom_dir = shared_data / "ct_totalseg_example" / "tests" / "reference_files" / "example_ct_dicom"
+    manifest = run_task("ct-to-pet", {"ct": str(dicom_dir)}, {"steps": 2}, tmp_path / "out",
+                        model_path=str(tiny_model))
+    man = json.loads(manifest.read_text())
+    assert man["kvp"] == 120 and man["kvp_source"] == "DICOM (0018,0060) KVP"
+    ct = read_image(dicom_dir)
+    pet = read_image(tmp_path / "out" / "pet_synthetic.nii.gz")
+    assert pet.GetSize() == (512, 512, 20) and same_grid(pet, ct, tol=1e-3)
+    assert is_synthetic(pet)

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 
 from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.dicom import KVP_KEY  # the DICOM reader's record of KVP (0018,0060)
 from PETDiffusionLib.io.images import (array_and_image, get_units, read_image, read_label,
                                        resample_to, same_grid, write_image)
 from PETDiffusionLib.networks import cpdm
@@ -36,7 +37,6 @@ from PETDiffusionLib.tasks.base import ImageInput, Output, Parameter, RunContext
 log = logging.getLogger(__name__)
 
 MODEL_ID = "cpdm-phantom-2p5d"
-KVP_KEY = "PETDiffusion.kvp"  # set by the DICOM reader from (0018,0060) KVP when present
 DEFAULT_STEPS = 20
 """Bridge steps at inference: chosen from the quality-versus-steps curve in the model card
 (``evaluation.steps_curve``; CPDM itself samples 200 of 1000 steps, §5.1)."""
