@@ -253,8 +253,8 @@ def test_colour_table_has_every_terminology_type_with_its_codes(scene):
         assert [round(c * 255) for c in rgba[:3]] == t["recommendedDisplayRGBValue"]
 
 
-def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked(scene):
-    # the views desktop Slicer would make: a layout node, slice nodes and a slice logic per view
+def make_views(scene):
+    """The views desktop Slicer would make: a layout node, slice nodes and a slice logic per view."""
     layout_logic = slicer.vtkMRMLLayoutLogic()
     layout_logic.SetMRMLScene(scene)
     layout = layout_logic.GetLayoutNode()
@@ -265,6 +265,12 @@ def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked
         logic.SetMRMLScene(scene)
         logic.SetSliceNode(scene.GetNthNodeByClass(i, "vtkMRMLSliceNode"))
         slice_logics.append(logic)
+    return layout_logic, layout, slice_logics
+
+
+def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked(scene):
+    views = make_views(scene)
+    layout = views[1]
     one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
     ct = nodes.volume_node_from_image(one, "CT", units="HU")
     ref = nodes.volume_node_from_image(one, "PET", units="SUVbw")
@@ -279,3 +285,17 @@ def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked
         shown[view] = composite.GetBackgroundVolumeID()
     assert shown == {"Red": ct.GetID(), "Yellow": ref.GetID(), "Green": syn.GetID()}
     assert syn.GetDisplayNode().GetColorNodeID() == display.PET_COLOR_NODE_ID
+
+
+def test_pet_is_fused_over_ct_in_every_slice_view(scene):
+    views = make_views(scene)
+    one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    ct = nodes.volume_node_from_image(one, "CT", units="HU")
+    pet = nodes.volume_node_from_image(one, "PET", units="SUVbw")
+    display.fuse_pet_over_ct(pet, ct)
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    assert len(composites) >= 3 and len(views[2]) == len(composites)
+    for c in composites:
+        assert (c.GetBackgroundVolumeID(), c.GetForegroundVolumeID()) == (ct.GetID(), pet.GetID())
+        assert c.GetForegroundOpacity() == display.PET_OVER_CT_OPACITY

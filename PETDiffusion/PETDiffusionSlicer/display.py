@@ -72,17 +72,23 @@ def show_segmentation(seg_node, in_3d: bool = True) -> None:
 
 
 def fuse_pet_over_ct(pet_node, ct_node=None) -> None:
-    """PET over CT in every slice view (desktop Slicer only)."""
+    """PET (PET-Heat, SUV window) over the CT at 50 % opacity in every slice view; the PET alone
+    when there is no CT."""
     show_pet(pet_node)
     if ct_node is not None:
         show_ct(ct_node)
-    if not has_views():
-        return
-    if ct_node is None:
-        slicer.util.setSliceViewerLayers(background=pet_node, foreground=None, fit=True)
-    else:
-        slicer.util.setSliceViewerLayers(background=ct_node, foreground=pet_node,
-                                         foregroundOpacity=PET_OVER_CT_OPACITY, fit=True)
+    scene = pet_node.GetScene()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        if ct_node is None:
+            composite.SetBackgroundVolumeID(pet_node.GetID())
+            composite.SetForegroundVolumeID(None)
+        else:
+            composite.SetBackgroundVolumeID(ct_node.GetID())
+            composite.SetForegroundVolumeID(pet_node.GetID())
+            composite.SetForegroundOpacity(PET_OVER_CT_OPACITY)
+    if has_views():
+        slicer.util.resetSliceViews()
 
 
 def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None:
