@@ -104,3 +104,22 @@ def test_nac_body_centre_is_depressed_relative_to_the_edge(case64):
     ratio_ac = ac[centre].mean() / ac[edge].mean()
     print(f"centre/edge: NAC {ratio_nac:.2f}, AC {ratio_ac:.2f}")
     assert ratio_nac < 0.7 * ratio_ac
+
+
+def test_cli_writes_only_the_requested_images_and_fractions(tmp_path):
+    from PETDiffusionLib.cli.main import main
+    out = tmp_path / "c"
+    rc = main(["phantom", "--out", str(out), "--n", "1", "--seed", "3", "--size", "32", "--slices", "40",
+               "--images", "ac,low", "--fractions", "25", "--progress", "none"])
+    assert rc == 0
+    names = sorted(p.name for p in (out / "case_0000").iterdir())
+    assert names == sorted(["ct.nii.gz", "suv_true.nii.gz", "pet_ac.nii.gz", "pet_low_25.nii.gz",
+                            "organs.nii.gz", "lesions.nii.gz", "case.json"])
+    assert main(["phantom", "--out", str(out), "--images", "ac,pet"]) == 2  # unknown image group
+
+
+def test_demo_phantom_describes_the_case_it_wrote(tmp_path):
+    from PETDiffusionLib.phantom.demo import demo_phantom
+    lines = demo_phantom(tmp_path, size=32, slices=40)
+    assert lines[0].startswith("phantom: ") and "synthetic" in lines[0]
+    assert (tmp_path / "phantom" / "case_0000" / "pet_ac.nii.gz").is_file()

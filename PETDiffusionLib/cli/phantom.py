@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--population-table", action="store_true",
                    help="print mean organ volume and SUVmean by sex over --n phantoms vs TotalGen Table 1 "
                         "(no acquisition simulated)")
+    p.add_argument("--montage-from", type=Path, metavar="CASE_DIR",
+                   help="write a montage PNG of an existing case folder to --out (e.g. docs/phantom_montage.png)")
     p.add_argument("--progress", choices=["none", "json", "bar"], default="bar")
     p.set_defaults(func=run)
 
@@ -64,6 +66,12 @@ def run(args) -> int:
         return 0
     if args.out is None:
         raise InputError("--out DIR is required (or use --population-table)")
+    if args.montage_from is not None:
+        from PETDiffusionLib.phantom.montage import montage_from_case_dir
+        if not (args.montage_from / "case.json").is_file():
+            raise InputError("not a phantom case folder (no case.json)", args.montage_from)
+        print(montage_from_case_dir(args.montage_from, args.out))
+        return 0
     from PETDiffusionLib.phantom.case import generate_cohort
     progress = Progress(args.progress)
     paths = generate_cohort(args.out, args.n, args.seed, cfg, progress=progress, start=args.start)

@@ -55,3 +55,25 @@ def save_montage(images: dict[str, np.ndarray], spacing_xyz: tuple[float, float,
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def montage_from_case_dir(case_dir: Path, path: Path) -> Path:
+    """Montage of a case folder written by ``petdiffusion phantom``."""
+    import json
+
+    from PETDiffusionLib.io.images import read_image
+    import SimpleITK as sitk
+
+    case_dir = Path(case_dir)
+    images = {}
+    for key, *_ in PANELS:
+        f = case_dir / f"{key}.nii.gz"
+        if f.exists():
+            images[key] = sitk.GetArrayFromImage(read_image(f, pixel_type=None))
+    info = json.loads((case_dir / "case.json").read_text())
+    d = info["demographics"]
+    sp = tuple(info["grid"]["spacing_mm_xyz"])
+    title = (f"Synthetic case {case_dir.name} (seed {info['seed']}): {d['sex']}, {d['age']:.0f} y, "
+             f"{d['height_cm']:.0f} cm, {d['weight_kg']:.0f} kg, {len(info['lesions'])} lesions, "
+             f"{info['tracer'].upper()}; {sp[0]:.1f}x{sp[1]:.1f}x{sp[2]:.1f} mm")
+    return save_montage(images, sp, path, title=title)
