@@ -123,3 +123,34 @@ def test_demo_phantom_describes_the_case_it_wrote(tmp_path):
     lines = demo_phantom(tmp_path, size=32, slices=40)
     assert lines[0].startswith("phantom: ") and "synthetic" in lines[0]
     assert (tmp_path / "phantom" / "case_0000" / "pet_ac.nii.gz").is_file()
+
+
+def test_delayed_time_point_raises_lesions_and_lowers_liver_and_blood_pool():
+    """PHYSICS.md §5: 60 -> 150 min, lesions +15 +- 13 %, liver and blood pool -5 to -20 %."""
+    from PETDiffusionLib.phantom.anatomy import LABEL_ID, Grid, build_anatomy, sample_demographics
+    from PETDiffusionLib.phantom.case import case_rng, delayed_truth
+    from PETDiffusionLib.phantom.tissues import draw_uptake, suv_map
+    ratios, liver, blood = [], [], []
+    for i in range(4):
+        rng = case_rng(99, i)
+        anat = build_anatomy(sample_demographics(rng), Grid(48, 60), rng, n_lesions=10)
+        suv = suv_map(anat, draw_uptake(anat, rng), rng)
+        later, changes = delayed_truth(anat, suv, rng)
+        les = anat.lesions > 0
+        ratios.append(later[les].sum() / suv[les].sum())
+        m = (anat.organs == LABEL_ID["liver"]) & ~les
+        liver.append(later[m].mean() / suv[m].mean())
+        m = anat.organs == LABEL_ID["heart_blood_pool"]
+        blood.append(later[m].mean() / suv[m].mean())
+    print("lesion, liver, blood-pool ratios:", np.round(ratios, 3), np.round(liver, 3), np.round(blood, 3))
+    assert 1.0 < np.mean(ratios) < 1.35
+    assert all(0.79 <= r <= 0.96 for r in liver + blood)
+
+
+def test_delayed_scan_records_a_small_patient_shift(tmp_path):
+    (case_dir,) = generate_cohort(tmp_path, 1, seed=12, cfg=PhantomConfig(size=32, slices=40,
+                                                                        images=("delayed",)))
+    info = json.loads((case_dir / "case.json").read_text())
+    shift = info["simulation"]["delayed"]["shift_mm_xyz"]
+    assert len(shift) == 3 and all(abs(s) <= 10 for s in shift) and any(abs(s) > 0 for s in shift)
+    assert (case_dir / "pet_delayed_ac.nii.gz").is_file() and (case_dir / "pet_delayed_nac.nii.gz").is_file()

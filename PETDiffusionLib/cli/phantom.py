@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--size", type=int, default=128, help="in-plane matrix (FOV 512 mm)")
     p.add_argument("--slices", type=int, default=160, help="number of slices (FOV 800 mm)")
     p.add_argument("--tracer", choices=["fdg", "psma"], default="fdg")
-    p.add_argument("--head", action="store_true", help="include the head (brain) in the field of view")
+    p.add_argument("--head", action="store_true", help="include the head (brain): the 800 mm FOV then starts above the vertex and ends near the pelvis")
     p.add_argument("--images", default="ac,low,nac,delayed,mr",
                    help="derived images to make (comma list of ac,low,nac,delayed,mr); "
                         "ct, suv_true, organs and lesions are always written")

@@ -485,7 +485,6 @@ def build_anatomy(demo: Demographics, grid: Grid, rng: np.random.Generator, incl
         # pubic ramus: from the acetabulum to the symphysis
         _tube(cv, np.array([[side * 70 * hs, -10, uz(0.48)], [side * 12, -0.7 * B, uz(0.50)]]),
               9 * hs, L["pelvis"], only=tuple(soft))
-    a, b, B = cav_at(0.46)
     _paint(cv, Superellipsoid((0, prof(np.array([0.46]))[1][0] * 0.5, uz(0.455)), (38 * hs, 18 * hs, 45 * hs),
                               rotation=_rotation(None, 0)), L["pelvis"], only=soft)
     # salivary glands (submandibular, upper neck) and brain/skull when the head is in the FOV
@@ -497,7 +496,6 @@ def build_anatomy(demo: Demographics, grid: Grid, rng: np.random.Generator, incl
         _paint(cv, Superellipsoid((0, 0, uz(0.065)), (65 * hs, 81 * hs, 61 * hs)), L["brain"])
     # lesions
     lesions, necrotic, lesion_list = _place_lesions(cv, rng, H, n_lesions)
-    sp_ = grid.spacing
     origin = (float(cv.x[0]), float(cv.y[0]), float(cv.z[0]))
     params.update({"spleen_l": v_spleen})
     return Anatomy(demo, grid, cv.labels, lesions, lesion_list, origin, necrotic, params)
