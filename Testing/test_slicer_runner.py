@@ -277,3 +277,31 @@ def test_bad_input_error_names_the_problem(scene, specs, models, temp_root):
     assert str(exc.value).startswith('"not a CT" (--ct): ')
     assert "is this a PET?" in str(exc.value) and run.state == "failed"
     assert not run.output_nodes and list(temp_root.iterdir()) == []
+
+
+def test_library_lesion_table_becomes_a_table_node_with_the_lesion_columns(scene, tmp_path):
+    """`petdiffusion quantify` (the library's own lesion table) -> table node, values and units kept."""
+    import subprocess
+    suv = np.full((10, 20, 20), 1.0, np.float32)
+    suv[3:6, 5:9, 5:10] = 6.0                        # 3*4*5 = 60 voxels
+    suv[4, 6, 7] = 9.0                               # its SUVmax
+    img = sitk.GetImageFromArray(suv)
+    img.SetSpacing((2.0, 2.0, 2.5))                  # 10 mm3 per voxel
+    mask = sitk.GetImageFromArray((suv >= 6.0).astype(np.uint8))
+    mask.CopyInformation(img)
+    sitk.WriteImage(img, str(tmp_path / "pet.nrrd"))
+    sitk.WriteImage(mask, str(tmp_path / "lesions.nrrd"))
+    subprocess.run([sys.executable, "-m", "PETDiffusionLib", "quantify", "--pet", str(tmp_path / "pet.nrrd"),
+                    "--lesions", str(tmp_path / "lesions.nrrd"), "--out", str(tmp_path / "q")],
+                   check=True, capture_output=True, cwd=ROOT)
+    table = nodes.table_node_from_csv(tmp_path / "q" / "lesions.csv", "lesions")
+    cols = nodes.table_columns(table)
+    assert {"lesion_id", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg"} <= set(cols)
+    t = table.GetTable()
+    assert table.GetNumberOfRows() == 1
+    assert t.GetColumnByName("volume_ml").GetValue(0) == pytest.approx(0.6)        # 60 x 10 mm3
+    assert t.GetColumnByName("suv_max").GetValue(0) == pytest.approx(9.0)
+    assert t.GetColumnByName("suv_mean").GetValue(0) == pytest.approx((59 * 6.0 + 9.0) / 60)
+    assert t.GetColumnByName("tlg").GetValue(0) == pytest.approx(0.6 * (59 * 6.0 + 9.0) / 60, rel=1e-3)
+    assert (table.GetColumnUnitLabel("volume_ml"), table.GetColumnUnitLabel("suv_peak"),
+            table.GetColumnUnitLabel("tlg"), table.GetColumnUnitLabel("centroid_x_mm")) == ("ml", "g/ml", "g", "mm")
