@@ -131,3 +131,19 @@ def test_tiny_training_on_the_cohort_runs_resumes_and_exports(cohort, tmp_path):
     nets, card = load_model_folder(folder)
     assert card["training"]["data"] == str(cohort) and card["training"]["steps"] == 4
     assert nets["denoiser"](torch.zeros(1, 4, Y, X)).shape == (1, 1, Y, X)
+
+
+def test_a_real_phantom_cohort_reads_into_roles(tmp_path):
+    """The layout written by `petdiffusion phantom` (issue 4), two tiny cases."""
+    from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
+    from PETDiffusionLib.physics.acquisition import AcquisitionConfig
+    cfg = PhantomConfig(size=32, slices=24, images=("ac", "low"),
+                        acquisition=AcquisitionConfig(fractions=(10,)))
+    generate_cohort(tmp_path / "ph", n=2, seed=0, cfg=cfg)
+    ds = VolumeDataset(tmp_path / "ph", ["ct", "pet", "pet_low", "organs", "lesions"])
+    item = ds[0]
+    assert len(ds) == 2 and item["pet"].shape == (24, 32, 32) == item["ct"].shape
+    assert float(item["ct"].min()) <= -900  # air around the body, in HU
+    assert float(item["pet"].max()) > 1.0 and int(item["organs"].max()) > 0
+    slices = SliceDataset25D(ds, ["pet_low", "ct"], ["pet"], context=2)
+    assert slices[10]["pet_low"].shape == (5, 32, 32) and len(slices) == 48
