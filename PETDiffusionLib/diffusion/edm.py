@@ -125,17 +125,19 @@ class EDM:
     def sample(self, net: Net, shape: tuple[int, ...] | None = None,
                cond: torch.Tensor | None = None, steps: int = DEFAULT_STEPS, seed: int = 0,
                n_samples: int = 1, s_churn: float = 0.0, progress: ProgressFn | None = None,
-               noise: torch.Tensor | None = None) -> SampleResult:
+               noise: torch.Tensor | None = None, device: torch.device | str | None = None
+               ) -> SampleResult:
         """Heun sampling from N(0, sigma_max^2) to the data; deterministic for s_churn = 0.
 
         Output shape: ``shape``, else ``cond`` with one channel. ``noise``: a fixed standard
-        normal start (then the deterministic sampler gives identical samples).
+        normal start (then the deterministic sampler gives identical samples). ``device``: where
+        to sample when there is no ``cond`` (default CPU).
         """
         if shape is None:
             if cond is None:
                 raise ValueError("give shape or cond")
             shape = (cond.shape[0], 1, *cond.shape[2:])
-        ref = cond if cond is not None else torch.empty(0)
+        ref = cond if cond is not None else torch.empty(0, device=device or "cpu")
         sigmas = self.sigmas(steps)
 
         def one_sample(gen: torch.Generator, prog: ProgressFn) -> torch.Tensor:

@@ -11,7 +11,9 @@ The Gaussian blending weights come from MONAI (``compute_importance_map``, the m
 ``sliding_window_inference`` uses). The window loop is written here because each window can carry a
 ``margin`` of context that is cropped off after the network call: for a network whose receptive
 field radius is at most ``margin`` the windowed result equals the unwindowed one exactly, which
-MONAI's inferer (no margin) cannot give.
+MONAI's inferer (no margin) cannot give. A network with global operations (MONAI's
+DiffusionModelUNet always has self-attention in its middle block) sees less context per window, so
+its windowed output is an approximation that improves with larger windows and overlap.
 """
 from __future__ import annotations
 
