@@ -299,3 +299,22 @@ def test_pet_is_fused_over_ct_in_every_slice_view(scene):
     for c in composites:
         assert (c.GetBackgroundVolumeID(), c.GetForegroundVolumeID()) == (ct.GetID(), pet.GetID())
         assert c.GetForegroundOpacity() == display.PET_OVER_CT_OPACITY
+
+
+def test_slice_views_render_ct_in_grey_and_pet_in_heat_colours(scene):
+    make_views(scene)
+    z, y, x = np.mgrid[0:6, 0:40, 0:40]
+    inside = ((y - 20) ** 2 + (x - 20) ** 2) < 15 ** 2
+    ct = nodes.volume_node_from_image(sitk.GetImageFromArray(np.where(inside, 40, -1000).astype(np.int16)), "CT", units="HU")
+    pet = nodes.volume_node_from_image(sitk.GetImageFromArray(np.where(inside, 2.0, 0.0).astype(np.float32)), "PET", units="SUVbw")
+    display.show_compare_layout(ct, pet, pet)
+    ct_rgb, pet_rgb, _ = display.render_slice_views(scene, size=64)
+    centre, corner = (32, 32), (1, 1)
+    assert ct_rgb.shape == (64, 64, 3)
+    r, g, b = (int(c) for c in ct_rgb[centre])
+    assert r == g == b and r > 100                 # soft tissue, grey, in the CT window
+    assert tuple(ct_rgb[corner]) == (0, 0, 0)      # air below the window
+    r, g, b = (int(c) for c in pet_rgb[centre])
+    # SUV 2 in a 0-10 window = 51/255 of PET-Heat, whose control point at 50 is (0.7, 0.1, 0): dark red
+    assert 160 < r < 200 and 15 < g < 40 and b < 5
+    assert tuple(pet_rgb[corner]) == (0, 0, 0)

@@ -147,3 +147,48 @@ def show_results(output_nodes: dict, input_nodes: dict) -> None:
         show_pet(node)
     if pets:
         fuse_pet_over_ct(sorted(pets, key=lambda t: t[:2])[0][2], ct)
+
+
+def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation: str = "Axial",
+                       match_view: str | None = "Red") -> list:
+    """RGB arrays (size x size x 3, uint8) of what Slicer's slice pipeline shows in ``views``: the
+    slice logics reslice and blend each view's layers with their colour maps and windows. Works
+    without the application (slicer-core), for reports and documentation figures; in desktop Slicer
+    use the views themselves (ScreenCapture) instead.
+
+    Slice logics are made for views that have none; all views take ``match_view``'s field of view
+    and position (as linked views do).
+    """
+    import numpy as np
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    slice_nodes = {scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName():
+                   scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))}
+    logics = {}
+    for view in views:
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        logic.SetSliceNode(slice_nodes[view])
+        node = logic.GetSliceNode()
+        node.SetOrientation(orientation)
+        node.SetDimensions(size, size, 1)
+        logic.FitSliceToAll()
+        logics[view] = logic
+    if match_view in logics:
+        ref = logics[match_view].GetSliceNode()
+        for view, logic in logics.items():
+            if view != match_view:
+                node = logic.GetSliceNode()
+                node.SetFieldOfView(*ref.GetFieldOfView())
+                node.GetSliceToRAS().DeepCopy(ref.GetSliceToRAS())
+                node.UpdateMatrices()
+    out = []
+    for view in views:
+        producer = logics[view].GetImageDataConnection().GetProducer()
+        producer.Update()
+        image = producer.GetOutputDataObject(0)
+        nx, ny, _ = image.GetDimensions()
+        rgba = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(ny, nx, -1)[::-1]
+        out.append(np.ascontiguousarray(rgba[..., :3]))
+    return out
