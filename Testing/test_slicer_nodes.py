@@ -259,12 +259,7 @@ def make_views(scene):
     layout_logic.SetMRMLScene(scene)
     layout = layout_logic.GetLayoutNode()
     layout.SetViewArrangement(layout.SlicerLayoutFourUpView)
-    slice_logics = []
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        logic = slicer.vtkMRMLSliceLogic()
-        logic.SetMRMLScene(scene)
-        logic.SetSliceNode(scene.GetNthNodeByClass(i, "vtkMRMLSliceNode"))
-        slice_logics.append(logic)
+    slice_logics = display.headless_slice_logics(scene, ("Red", "Yellow", "Green"))
     return layout_logic, layout, slice_logics
 
 

@@ -156,20 +156,13 @@ def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation:
     without the application (slicer-core), for reports and documentation figures; in desktop Slicer
     use the views themselves (ScreenCapture) instead.
 
-    Slice logics are made for views that have none; all views take ``match_view``'s field of view
-    and position (as linked views do).
+    All views take ``match_view``'s field of view and position (as linked views do).
     """
     import numpy as np
     from vtk.util.numpy_support import vtk_to_numpy
 
-    slice_nodes = {scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName():
-                   scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))}
     logics = {}
-    for view in views:
-        logic = slicer.vtkMRMLSliceLogic()
-        logic.SetMRMLScene(scene)
-        logic.SetSliceNode(slice_nodes[view])
+    for view, logic in headless_slice_logics(scene, views).items():
         node = logic.GetSliceNode()
         node.SetOrientation(orientation)
         node.SetDimensions(size, size, 1)
@@ -192,3 +185,22 @@ def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation:
         rgba = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(ny, nx, -1)[::-1]
         out.append(np.ascontiguousarray(rgba[..., :3]))
     return out
+
+
+def headless_slice_logics(scene, views=COMPARE_VIEWS) -> dict:
+    """A slice logic per view (made once per scene, kept on it), as the application makes one per slice
+    widget: it creates the view's slice composite node, so call it before setting up the display."""
+    cache = getattr(scene, "_petdiffusion_slice_logics", None)
+    if cache is None:
+        cache = {}
+        scene._petdiffusion_slice_logics = cache
+    slice_nodes = {scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName():
+                   scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+                   for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))}
+    for view in views:
+        if view not in cache:
+            logic = slicer.vtkMRMLSliceLogic()
+            logic.SetMRMLScene(scene)
+            logic.SetSliceNode(slice_nodes[view])
+            cache[view] = logic
+    return {view: cache[view] for view in views}
