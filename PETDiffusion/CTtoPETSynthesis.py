@@ -6,7 +6,6 @@ Thin Slicer face over ``PETDiffusionLib`` task ``ct-to-pet``, which runs in a se
 
 import logging
 import os
-import pathlib
 from typing import Annotated, Optional, Union
 
 import qt
@@ -68,7 +67,7 @@ class CTtoPETSynthesisParameterNode:
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
-    modelPath: pathlib.Path = pathlib.Path()
+    modelPath: str = ""   # a model folder of one's own; empty = the shipped model
 
 
 #
@@ -248,7 +247,7 @@ class CTtoPETSynthesisLogic(ScriptedLoadableModuleLogic, TaskLogic):
 
     def processParameterNode(self, p, **kw):
         params = {name: getattr(p, field) for name, field in self.parameter_fields.items()}
-        model = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
+        model = p.modelPath.strip() or None
         return self.process({"ct": p.inputCT, "organs": p.inputOrgans}, params, device=p.device, model=model, **kw)
 
     def showCompare(self, run, referencePET=None) -> None:

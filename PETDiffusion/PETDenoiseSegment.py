@@ -6,7 +6,6 @@ process (PETDiffusionSlicer.runner). Research use only.
 
 import logging
 import os
-import pathlib
 from typing import Annotated, Optional
 
 import qt
@@ -72,7 +71,7 @@ class PETDenoiseSegmentParameterNode:
     sampler: Annotated[str, Choice(["ddim", "ddpm", "dpmpp2m"])] = "ddim"
     startFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
-    modelPath: pathlib.Path = pathlib.Path()
+    modelPath: str = ""   # a model folder of one's own; empty = the shipped model
 
 
 #
@@ -246,7 +245,7 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
 
     def processParameterNode(self, p, **kw):
         params = {name: getattr(p, field) for name, field in self.parameter_fields.items()}
-        model = str(p.modelPath) if str(p.modelPath) not in ("", ".") else None
+        model = p.modelPath.strip() or None
         return self.process({"pet": p.inputPET, "ct": p.inputCT}, params, device=p.device, model=model, **kw)
 
     def summaryText(self, run) -> str:

@@ -133,3 +133,43 @@ def test_module_annotations_are_evaluated_for_the_parameter_node_wrapper(name):
     tree = ast.parse(module_source(name))
     futures = [a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__" for a in n.names]
     assert "annotations" not in futures
+
+
+def _field_kinds(source: str) -> dict[str, tuple[str, bool]]:
+    """field -> (base type name, has a Choice annotation) of the @parameterNodeWrapper class."""
+    out = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", "") == "parameterNodeWrapper" for d in node.decorator_list):
+            for st in node.body:
+                if not isinstance(st, ast.AnnAssign):
+                    continue
+                ann, choice = st.annotation, False
+                if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", "") == "Annotated":
+                    base, *extras = ann.slice.elts
+                    choice = any(getattr(e.func, "id", "") == "Choice" for e in extras)
+                    ann = base
+                if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", "") == "Union":
+                    name = "node" if all(getattr(e, "id", "").startswith("vtkMRML") for e in ann.slice.elts) else "Union"
+                else:
+                    name = "node" if getattr(ann, "id", "").startswith("vtkMRML") else ast.unparse(ann)
+                out[st.target.id] = (name, choice)
+    return out
+
+
+# Widget classes Slicer's parameterNodeWrapper connects to each type (slicer/parameterNodeWrapper/guiConnectors.py)
+CONNECTABLE = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+               "str": {"QLineEdit", "QTextEdit"}, "bool": {"QCheckBox", "QPushButton"},
+               "node": {"qMRMLNodeComboBox"}, "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"}}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_bound_widget_has_a_connector_for_its_field_type(name):
+    kinds = _field_kinds(module_source(name))
+    classes = {w.get("name"): w.get("class") for w in ui_tree(name).iter("widget")}
+    for field, widget in ui_parameter_bindings(name).items():
+        base, choice = kinds[field]
+        widget_class = classes[widget]
+        if widget_class == "QComboBox":
+            assert choice and base in ("int", "float", "str", "bool"), f"{field}: a QComboBox needs a Choice annotation"
+        else:
+            assert widget_class in CONNECTABLE.get(base, set()), f"{field}: {base} cannot bind to {widget_class}"
