@@ -76,14 +76,15 @@ def bench_samplers(args) -> int:
     ddpm = ConditionalDiffusion(1000, "cosine")
     bridge = BrownianBridge(1000)
     edm = EDM()
-    runs = [(f"ddim (Song 2021)", DEFAULT_STEPS["ddim"],
+    runs = [("ddim (Song 2021)", DEFAULT_STEPS["ddim"],
              lambda: ddpm.sample(counting, cond, sampler="ddim")),
-            (f"ddpm (Ho 2020)", DEFAULT_STEPS["ddpm"],
+            ("ddpm (Ho 2020)", DEFAULT_STEPS["ddpm"],
              lambda: ddpm.sample(counting, cond, sampler="ddpm")),
-            (f"dpmpp2m (Lu 2022)", DEFAULT_STEPS["dpmpp2m"],
+            ("dpmpp2m (Lu 2022)", DEFAULT_STEPS["dpmpp2m"],
              lambda: ddpm.sample(counting, cond, sampler="dpmpp2m")),
-            ("ddim from noised input 0.3", DEFAULT_STEPS["ddim"],
-             lambda: ddpm.sample(counting, cond, sampler="ddim", start_image=cond,
+            # the same step size over 30 % of the chain: 15 steps instead of 50
+            ("ddim from noised input 0.3", 15,
+             lambda: ddpm.sample(counting, cond, steps=15, sampler="ddim", start_image=cond,
                                  start_fraction=0.3)),
             ("bridge (BBDM/CPDM)", 200, lambda: bridge.sample(counting, cond, cond=cond)),
             ("edm heun (Karras 2022)", EDM_STEPS,
