@@ -13,8 +13,6 @@ from typing import Callable
 
 import torch
 
-from PETDiffusionLib.errors import Cancelled
-
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float], None]
@@ -69,5 +67,4 @@ def draw_samples(one_sample: Callable[[torch.Generator, ProgressFn], torch.Tenso
     return SampleResult(mean=stack.mean(0), std=stack.std(0, unbiased=False), samples=stack)
 
 
-__all__ = ["SampleResult", "ProgressFn", "draw_samples", "make_generator", "randn", "report",
-           "Cancelled"]
+__all__ = ["SampleResult", "ProgressFn", "draw_samples", "make_generator", "randn", "report"]
