@@ -296,3 +296,27 @@ def test_organ_names_of_the_simulator_map_onto_the_organ_branch():
     assert cls["body"] == cls["heart_blood_pool"] == "background"
     assert (cls["liver"], cls["spleen"], cls["kidney_left"], cls["aorta"], cls["muscle"]) == \
         ("liver", "spleen", "kidney", "aorta", "muscle")
+
+
+# ------------------------------------------------------------------------------ shipped model
+def test_shipped_model_loads_with_checked_hash_and_its_card_says_research_use(tmp_path):
+    import shutil
+    from PETDiffusionLib.errors import ModelError
+    from PETDiffusionLib.models.registry import load_model_folder, resolve_model
+    folder = resolve_model(ds.MODEL_ID)
+    nets, card = ds.load_model(ds.MODEL_ID, "cpu")
+    assert card["task"] == "denoise-segment"
+    assert "not for diagnosis" in card["intended_use"]
+    assert card["preprocessing"]["spacing_mm"] == [4.0, 4.0, 5.0]
+    assert card["inference"]["steps"] >= 1 and card["inference"]["sampler"] in ("ddim", "dpmpp2m",
+                                                                              "ddpm")
+    assert card["curve"]["points"], "the quality-versus-steps curve is in the card"
+    assert nets["segmenter"].encoder_kind == card["segmenter_encoder"]["chosen"]
+    # a changed weights file is refused
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model_folder(bad)

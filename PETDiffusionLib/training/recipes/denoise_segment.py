@@ -472,7 +472,7 @@ def validate_segmenter(run_dir: str | Path, fraction: int = 10, max_slices: int 
 
 def steps_curve(model: str | Path, cohort: str | Path, case_indices: list[int], fraction: int = 10,
                 slices: int = 32, steps_list=(1, 2, 4, 8, 16, 32),
-                modes=(("ddim", 1.0), ("ddim", 0.5), ("ddim", 0.3), ("dpmpp2m", 1.0)),
+                modes=(("ddim", 1.0), ("ddim", 0.5), ("ddim", 0.3), ("ddim", 0.15), ("dpmpp2m", 1.0)),
                 png: str | Path | None = None) -> dict:
     """Quality (NRMSE of the revised output vs the true SUV) against sampling steps, per sampler
     and start fraction, on central slabs of validation cases (never training or held-out cases)."""
