@@ -14,6 +14,8 @@ from pathlib import Path
 DEMO_STEPS: list[tuple[str, str]] = [
     ("DICOM PET -> SUV (synthetic series with realistic headers, read back by the project's reader)",
      "PETDiffusionLib.io.demo:demo_dicom_suv"),
+    ("CT -> synthetic PET (ct-to-pet, CPDM latent Brownian bridge, analytic torso CT)",
+     "PETDiffusionLib.tasks.ct_to_pet:demo"),
 ]
 
 

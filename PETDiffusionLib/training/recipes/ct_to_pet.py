@@ -402,6 +402,14 @@ def export(cfg: dict, run_dir: Path, args_cmd: str = "") -> list[Path]:
         card = model_card(cfg, variant, use_sigma, use_mu, lat_info, floor, summaries, args_cmd)
         card["networks"] = {"autoencoder": sp["autoencoder"], "attention": sp["attention"],
                             "denoiser": sp[stage]}
+        card["training"]["cases"] = sorted(f.stem for f in (run_dir / "prepare").glob("*.npz"))
+        early = run_dir / "prepare_stage1"  # see runs/ct_to_pet/stage2.sh
+        if early.is_dir():
+            card["training"]["autoencoder_attention_cases"] = (
+                sorted(f.stem for f in early.glob("*.npz")) + [
+                    "note: the autoencoder and the attention U-Net were trained on these cases of an "
+                    "earlier run of the same simulator (regenerated afterwards with a faster OSEM and "
+                    "kidney parenchyma); latents, bridges and baselines use 'cases'"])
         folder = (Path(cfg["export"]) if variant == "cpdm"
                   else run_dir / "models" / f"cpdm-{variant.replace('_', '-')}")
         save_model_folder(folder, {"autoencoder": ae, "attention": att, "denoiser": net}, card)
@@ -437,6 +445,15 @@ def model_card(cfg: dict, variant: str, use_sigma: bool, use_mu: bool, lat_info:
         "training": {"data": f"{cfg['cohort']} (simulated phantom cohort), target {cfg.get('target', 'pet_ac.nii.gz')}",
                      "config": cfg, "command": command, "stages": summaries},
         "evaluation": {},
+        "limitations": [
+            "trained on a few simulated phantom cases on one CPU core for minutes (see training); "
+            "the paper trains for 200 epochs on 15,000 real slice pairs",
+            "a KL autoencoder (MONAI AutoencoderKL) stands in for CPDM's pre-trained VQGAN; its "
+            "reconstruction error (training.stages.autoencoder.reconstruction) bounds every result",
+            "FDG uptake that the CT does not show (lesions, brown fat, inflammation) cannot be "
+            "predicted from CT: a synthetic PET must never be read as a measured one",
+            "the U-Net attention backbone is a small MONAI BasicUNet, not the paper's ResNet50 U-Net",
+        ],
     }
 
 
