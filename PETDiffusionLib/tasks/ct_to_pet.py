@@ -306,6 +306,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve", default="5,10,20,50,200", help="steps of the quality-vs-steps curve")
     parser.add_argument("--curve-cases", type=int, default=2, help="cases used for the curve")
     parser.add_argument("--max-cases", type=int, default=0, help="evaluate only the first N cases")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the quality-vs-steps curve on the first --curve-cases cases")
     parser.add_argument("--real-data", default=None,
                         help="shared data folder: also run the real CT (ct_totalseg_example) and the "
                              "sarcoma PET/CTs (petct_sts)")
@@ -373,6 +375,8 @@ def evaluate(args) -> int:
         raise InputError("no case_*/ct.nii.gz in the cohort folder", cohort)
     if getattr(args, "max_cases", 0):
         cases = cases[:args.max_cases]
+    if getattr(args, "curve_only", False):
+        cases = cases[:args.curve_cases]
     nets, card = load_model(getattr(args, "model", None))
     steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
     methods = {"cpdm": (nets, card)}
@@ -387,6 +391,8 @@ def evaluate(args) -> int:
                                      bdir / folder)
         else:
             log.warning("baseline %s not found in %s; not evaluated", name, bdir)
+    if getattr(args, "curve_only", False):
+        methods = {}
     results = {m: [] for m in list(methods) + ["tissue_floor"]}
     curve_steps = [int(s) for s in str(args.curve).split(",") if s.strip()] if args.curve else []
     curve = {s: [] for s in curve_steps}
@@ -439,10 +445,15 @@ def evaluate(args) -> int:
     curve_summary = {s: {k: float(np.mean([r[k] for r in rows])) for k in ("mae_suv", "psnr_db", "ssim", "seconds")}
                      | {"cases": len(rows), "slices_note": "seconds per whole volume, one CPU thread"}
                      for s, rows in curve.items() if rows}
+    if curve_summary:  # the smallest step count within 2 % of the best MAE: the default to choose
+        best = min(c["mae_suv"] for c in curve_summary.values())
+        recommended = min(s for s, c in curve_summary.items() if c["mae_suv"] <= 1.02 * best)
     out = {"cohort": str(cohort), "cases": [c.name for c in cases], "steps": steps,
            "model": card["id"], "metrics_inside": "body (CT > -500 HU, holes filled per slice)",
            "reference": "pet_ac.nii.gz (standard-count AC PET of the simulator)",
            "summary": summary, "steps_curve": curve_summary, "per_case": results,
+           "recommended_steps": recommended if curve_summary else None,
+           "recommended_rule": "fewest steps with MAE within 2 % of the curve's best",
            "threads": torch.get_num_threads()}
     if getattr(args, "real_data", None):
         out["real_data"] = evaluate_real(Path(args.real_data), nets, card, steps, args.seed)
@@ -518,7 +529,8 @@ def format_table(out: dict) -> str:
                      f"{(org if org is not None else float('nan')):14.1f} "
                      f"{(liver if liver is not None else float('nan')):8.1f} {s['seconds']:7.1f}")
     if out.get("steps_curve"):
-        lines.append("quality vs steps (CPDM):  steps  MAE SUV  PSNR dB  SSIM  s/vol")
+        lines.append(f"quality vs steps (CPDM, {out['recommended_rule']}: {out['recommended_steps']})")
+        lines.append(f"{'':26s}steps  MAE SUV  PSNR dB  SSIM    s/vol")
         for st, c in out["steps_curve"].items():
             lines.append(f"{'':26s}{int(st):5d}  {c['mae_suv']:7.4f}  {c['psnr_db']:7.2f}  "
                          f"{c['ssim']:.4f}  {c['seconds']:6.1f}")
