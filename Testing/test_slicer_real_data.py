@@ -15,6 +15,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "PETDiffusion"))
 
+import slicer  # noqa: E402
+
 
 from PETDiffusionSlicer import nodes  # noqa: E402
 
@@ -63,3 +65,22 @@ def test_real_label_map_becomes_segments_with_names_and_voxel_counts(scene, shar
     assert counts == expected
     liver = seg.GetSegmentation().GetSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("liver"))
     assert "^10200004^Liver" in liver.GetTerminology()
+
+
+def test_real_ct_through_the_runner_gives_a_synthetic_pet_on_the_ct_grid(scene, shared_data, tmp_path):
+    """Sarcoma CT (0.98 x 0.98 x 3.27 mm, 198 x 202 x 59) -> ct-to-pet at minimal steps -> node on its grid."""
+    from test_slicer_runner import SHIPPED, _tiny_ct_to_pet_model
+    from PETDiffusionSlicer.runner import TaskRun
+    model = None if (SHIPPED["ct-to-pet"] / "card.json").is_file() else str(_tiny_ct_to_pet_model(tmp_path / "m"))
+    ct = load_with_slicer(scene, shared_data / "petct_sts" / "nifti" / "STS_001" / "CT_image.nii.gz", "STS_001 CT")
+    nodes.set_volume_units(ct, "HU")
+    run = TaskRun("ct-to-pet", {"ct": ct}, {"steps": 2, "seed": 0}, model=model, device="cpu",
+                  reference="ct", temp_root=str(tmp_path)).start().wait(timeout=600)
+    pet = run.output_nodes["pet_synthetic"]
+    print(f"model {run.manifest.get('model_id')}: {run.manifest['seconds']} s in the library")
+    assert pet.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
+    assert np.allclose(pet.GetSpacing(), ct.GetSpacing()) and np.allclose(pet.GetOrigin(), ct.GetOrigin())
+    suv = slicer.util.arrayFromVolume(pet)
+    assert np.all(np.isfinite(suv)) and suv.min() >= 0
+    assert run.manifest["kvp_source"].startswith("default")     # a NIfTI CT carries no kVp
+    assert pet.GetAttribute("PETDiffusion.synthetic") == "1"
