@@ -63,7 +63,7 @@ class CTtoPETSynthesisParameterNode:
     inputOrgans: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     referencePET: vtkMRMLScalarVolumeNode
     kvp: Annotated[float, WithinRange(70.0, 150.0)] = 120.0
-    steps: Annotated[int, WithinRange(2, 1000)] = 20
+    steps: Annotated[int, WithinRange(2, 1000)] = 5
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
