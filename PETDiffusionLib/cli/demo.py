@@ -14,7 +14,11 @@ from pathlib import Path
 DEMO_STEPS: list[tuple[str, str]] = [
     ("DICOM PET -> SUV (synthetic series with realistic headers, read back by the project's reader)",
      "PETDiffusionLib.io.demo:demo_dicom_suv"),
-    ("CT -> synthetic PET (ct-to-pet, CPDM latent Brownian bridge, analytic torso CT)",
+    ("Phantom: one simulated PET/CT/MR case (every derived image)",
+     "PETDiffusionLib.phantom.demo:demo_phantom"),
+    ("Low-count PET -> denoised PET, lesions, organs, TLG/MTV report (denoise-segment, AMDiff)",
+     "PETDiffusionLib.tasks.denoise_segment:demo"),
+    ("CT -> synthetic PET (ct-to-pet, CPDM latent Brownian bridge, simulated phantom CT)",
      "PETDiffusionLib.tasks.ct_to_pet:demo"),
 ]
 
