@@ -30,12 +30,19 @@ def test_demo_dicom_step_finds_the_worked_suv_numbers(tmp_path):
     assert img.GetMetaData("PETDiffusion.synthetic") == "1"
 
 
-def test_demo_command_runs_every_step_from_the_console_script(tmp_path):
+def test_demo_command_runs_the_dicom_step_from_the_console_script(tmp_path):
+    # the task steps (minutes on a CPU) run in `make demo` and in their own task tests
     assert DEMO_STEPS[0][1] == "PETDiffusionLib.io.demo:demo_dicom_suv"
-    done = subprocess.run([sys.executable, "-m", "PETDiffusionLib", "demo", "--out",
+    done = subprocess.run([sys.executable, "-m", "PETDiffusionLib", "demo", "--step", "1", "--out",
                            str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "[1/" in done.stdout and "SUV 1 = 2.44" in done.stdout
+    assert "[2/" not in done.stdout
+
+
+def test_demo_refuses_a_step_it_does_not_have(tmp_path, capsys):
+    assert main(["demo", "--step", str(len(DEMO_STEPS) + 1), "--out", str(tmp_path)]) == 2
+    assert "the demo has steps 1 to" in capsys.readouterr().err
 
 
 def test_inspect_lists_modality_size_spacing_and_suv(shared_data, capsys):

@@ -10,6 +10,8 @@ import importlib
 import time
 from pathlib import Path
 
+from PETDiffusionLib.errors import InputError
+
 # (title, "module:function"); later issues append one step per task.
 DEMO_STEPS: list[tuple[str, str]] = [
     ("DICOM PET -> SUV (synthetic series with realistic headers, read back by the project's reader)",
@@ -26,6 +28,8 @@ DEMO_STEPS: list[tuple[str, str]] = [
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the demo steps on synthetic data and print what they found")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--step", type=int, action="append", default=None, metavar="N",
+                   help=f"run only step N (1-{len(DEMO_STEPS)}; repeatable); default every step")
     p.set_defaults(func=_demo)
 
 
@@ -36,7 +40,13 @@ def run_step(target: str, out_dir: Path) -> list[str]:
 
 def _demo(args) -> int:
     out = Path(args.out)
+    chosen = args.step or list(range(1, len(DEMO_STEPS) + 1))
+    bad = [n for n in chosen if not 1 <= n <= len(DEMO_STEPS)]
+    if bad:
+        raise InputError(f"--step {bad[0]}: the demo has steps 1 to {len(DEMO_STEPS)}")
     for i, (title, target) in enumerate(DEMO_STEPS, 1):
+        if i not in chosen:
+            continue
         t0 = time.perf_counter()
         print(f"[{i}/{len(DEMO_STEPS)}] {title}")
         step_dir = out / target.split(":")[1]
