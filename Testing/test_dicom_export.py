@@ -86,10 +86,22 @@ def test_deidentify_removes_identity_and_keeps_what_suv_needs():
     ds.private_block(0x7053, "Philips PET Private Group", create=True).add_new(0x00, "DS", "0.0005")
     ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True).add_new(0x10, "OB", b"secret")
     deidentify(ds)
-    for kw in ("PatientBirthDate", "PatientAddress", "InstitutionName", "OtherPatientIDs"):
+    for kw in ("PatientAddress", "InstitutionName", "OtherPatientIDs"):
         assert kw not in ds
     assert str(ds.PatientName) == "ANONYMOUS" and ds.PatientID == "ANONYMOUS"
-    assert ds.ReferringPhysicianName == "" and ds.PatientIdentityRemoved == "YES"
+    # Type 2 attributes stay, emptied (PS3.15 action Z)
+    assert ds.PatientBirthDate == "" and ds.ReferringPhysicianName == ""
+    assert ds.PatientIdentityRemoved == "YES"
     assert (ds.PatientWeight, ds.PatientSex, ds.PatientAge, ds.PatientSize) == (70, "F", "061Y", 1.68)
     assert ds.RadiopharmaceuticalInformationSequence[0].RadionuclideTotalDose == 250000000
     assert (0x7053, 0x1000) in ds and (0x0029, 0x1010) not in ds
+
+
+def test_written_series_carry_the_type_2_patient_and_study_attributes(tmp_path):
+    # DICOM PS3.3 C.7.1.1 / C.7.2.1: Type 2 attributes must be present (possibly empty); highdicom's
+    # SEG writer copies them from the source series and fails when they are absent.
+    img = sitk.GetImageFromArray(np.zeros((3, 8, 8), np.float32))
+    files = write_dicom_series(img, tmp_path / "ct", "CT")
+    ds = pydicom.dcmread(files[0])
+    for kw in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        assert kw in ds, kw

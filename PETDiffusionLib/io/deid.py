@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Attributes removed wherever they occur (PS3.15 Table E.1-1, action X/Z/D for these keywords).
 REMOVE_KEYWORDS: tuple[str, ...] = (
-    "PatientBirthDate", "PatientBirthTime", "PatientBirthName", "PatientAddress",
+    "PatientBirthTime", "PatientBirthName", "PatientAddress",
     "PatientTelephoneNumbers", "PatientMotherBirthName", "OtherPatientIDs",
     "OtherPatientIDsSequence", "OtherPatientNames", "IssuerOfPatientID", "MilitaryRank",
     "MedicalRecordLocator", "PatientInsurancePlanCodeSequence", "CountryOfResidence",
@@ -35,7 +35,9 @@ REMOVE_KEYWORDS: tuple[str, ...] = (
     "PerformedProcedureStepID", "ScheduledProcedureStepID", "RequestedProcedureID",
 )
 # Type 2 attributes that must stay present but are emptied or replaced (PS3.15 action Z).
-EMPTY_KEYWORDS: tuple[str, ...] = ("ReferringPhysicianName", "AccessionNumber", "StudyID")
+# PatientBirthDate is Type 2 in the Patient module (PS3.3 C.7.1.1): action Z keeps it, empty.
+EMPTY_KEYWORDS: tuple[str, ...] = ("PatientBirthDate", "ReferringPhysicianName", "AccessionNumber",
+                                   "StudyID")
 # Kept on purpose (SUV and the demographic tasks): PatientWeight, PatientSize, PatientSex,
 # PatientAge, all dates and times, RadiopharmaceuticalInformationSequence.
 KEEP_PRIVATE: tuple[tuple[int, int], ...] = (

@@ -72,6 +72,11 @@ def _base_dataset(modality: str, synthetic: bool, description: str, derivation: 
                 setattr(ds, kw, getattr(template, kw))
     ds.setdefault("PatientName", "ANONYMOUS")
     ds.setdefault("PatientID", "ANONYMOUS")
+    # Type 2 attributes of the Patient and General Study modules (DICOM PS3.3 C.7.1.1, C.7.2.1):
+    # present, possibly empty; DICOM SEG writers (highdicom) copy them from the source series.
+    for kw in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        if kw not in ds:
+            setattr(ds, kw, "")
     ds.Modality = modality
     ds.Manufacturer = "PETDiffusion"
     ds.StudyInstanceUID = study_uid
