@@ -85,7 +85,7 @@ def test_cli_run_has_the_spec_flags():
     assert args.param_sampler == "ddpm" and args.param_start_fraction == 0.3
     from PETDiffusionLib.cli.evaluate import evaluate_parser
     ev = evaluate_parser("denoise-segment", ds).parse_args(["--cohort", "c", "--out", "e.json"])
-    assert ev.fractions == "10,5" and ev.out == "e.json" and ev.tune_cases == 4
+    assert ev.fractions == "10,5" and ev.out == "e.json" and ev.tune_cases == "0,1"
 
 
 # ------------------------------------------------------------------------------ networks

@@ -183,6 +183,29 @@ def card_defaults(card: dict) -> dict:
             "sampler": d.get("sampler", "ddim"), "slice_batch": int(d.get("slice_batch", 32))}
 
 
+class ClippedEpsilon(torch.nn.Module):
+    """Wraps an epsilon-predicting denoiser so that its implied x0 stays in [-1, 1].
+
+    The diffusion works on SUV mapped to [-1, 1]; clipping the x0 estimate to that range at every
+    step is the DDPM practice for data in [-1, 1] (Ho et al. 2020, sampling with clipped x0). It
+    matters for an epsilon network near t = T, where alpha-bar_T of the cosine schedule is ~4e-8
+    and x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) multiplies any error in eps by ~5000.
+    """
+
+    def __init__(self, net: torch.nn.Module, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("ab", alphas_cumprod.float().clone(), persistent=False)
+
+    def forward(self, inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.net(inp, t)
+        x = inp[:, :1]
+        ab = self.ab.to(x.device)[t.long()].view(-1, 1, 1, 1)
+        a, s = ab.sqrt(), (1 - ab).clamp_min(1e-12).sqrt()
+        x0 = ((x - s * eps) / a).clamp(-1.0, 1.0)
+        return (x - a * x0) / s
+
+
 @torch.no_grad()
 def denoise_segment_arrays(low: np.ndarray, ct: np.ndarray | None, nets: dict, card: dict,
                            steps: int, sampler: str, samples: int, seed: int,
@@ -203,10 +226,11 @@ def denoise_segment_arrays(low: np.ndarray, ct: np.ndarray | None, nets: dict, c
                                      dcfg.get("schedule", "cosine"),
                                      dcfg.get("prediction", "epsilon"))
     k = den.context
+    den = ClippedEpsilon(den, diffusion.alphas_cumprod)
     ys, xs = _body_box(low)
     low_c = low[:, ys, xs]
     ct_c = None if ct is None else ct[:, ys, xs]
-    div = max(den.divisor, seg.divisor)
+    div = max(den.net.divisor, seg.divisor)
     low_p, (h, w) = _pad_to(low_c, div, 0.0)
     ct_p = None if ct_c is None else _pad_to(ct_c, div, CT_AIR_HU)[0]
     low_t = torch.from_numpy(low_p.astype(np.float32)).to(device)
@@ -452,9 +476,10 @@ def _simulate_demo_case(folder: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 def add_evaluate_args(parser) -> None:
     parser.add_argument("--tune-cohort", default="cohorts/train",
-                        help="cohort whose last --tune-cases cases (kept out of training) tune the "
+                        help="cohort whose --tune-cases cases (kept out of training) tune the "
                              "Gaussian baseline's width")
-    parser.add_argument("--tune-cases", type=int, default=4)
+    parser.add_argument("--tune-cases", default="0,1",
+                        help="case indices in --tune-cohort (the model card's validation cases)")
     parser.add_argument("--fractions", default="10,5", help="count levels in %% (pet_low_<f>)")
     parser.add_argument("--max-cases", type=int, default=0, help="0 = every case")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
@@ -698,7 +723,12 @@ def evaluate(args) -> int:
             if not (c / f"pet_low_{f}.nii.gz").is_file():
                 raise InputError(f"the cohort has no pet_low_{f}.nii.gz", c)
     nets, card = load_model(getattr(args, "model", None), "cpu")
-    tune = list_cases(getattr(args, "tune_cohort", "cohorts/train"))[-int(getattr(args, "tune_cases", 4)):]
+    tune_idx = {int(x) for x in str(getattr(args, "tune_cases", "0,1")).split(",") if x.strip()}
+    tune = [c for c in list_cases(getattr(args, "tune_cohort", "cohorts/train"))
+            if int(c.name.split("_")[-1]) in tune_idx]
+    if not tune:
+        raise InputError(f"no cases {sorted(tune_idx)} to tune the Gaussian baseline on",
+                         getattr(args, "tune_cohort", "cohorts/train"))
     sigmas = tune_gaussian(tune, fractions)
     params = {"steps": int(getattr(args, "steps", 0) or 0),
               "start_fraction": float(getattr(args, "start_fraction", 0.0) or 0.0),

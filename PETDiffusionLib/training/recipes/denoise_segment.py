@@ -510,24 +510,33 @@ def steps_curve(model: str | Path, cohort: str | Path, case_indices: list[int], 
     result = {"cases": [d[0] for d in data], "fraction": fraction, "slices": slices,
               "input_nrmse": round(float(np.mean(base)), 5), "curve": curve}
     if png:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for sampler, start in modes:
-            pts = [(r["steps"], r["nrmse"]) for r in curve
-                   if r["sampler"] == sampler and r["start_fraction"] == start]
-            ax.plot(*zip(*pts), marker="o", label=f"{sampler}, start {start:g}")
-        ax.axhline(result["input_nrmse"], color="grey", ls="--", label="low-count input")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel("NRMSE vs true SUV (whole slab)")
-        ax.set_title(f"AMDiff quality vs steps ({fraction} % counts, {len(data)} validation cases)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        plot_steps_curve(result, png)
     return result
+
+
+def plot_steps_curve(result: dict, png: str | Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curve = result["curve"]
+    modes = list(dict.fromkeys((r["sampler"], r["start_fraction"]) for r in curve))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for sampler, start in modes:
+        pts = [(r["steps"], r["nrmse"]) for r in curve
+               if r["sampler"] == sampler and r["start_fraction"] == start]
+        label = f"{sampler}, from pure noise" if start >= 1 else f"{sampler}, from input noised to {start:g} T"
+        ax.plot(*zip(*pts), marker="o", label=label)
+    ax.axhline(result["input_nrmse"], color="grey", ls="--", label="low-count input")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps (network evaluations)")
+    ax.set_ylabel("NRMSE vs true SUV (log scale)")
+    ax.set_title(f"AMDiff quality vs steps ({result['fraction']} % counts, "
+                 f"{len(result['cases'])} validation cases)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def real_check(model: str | Path, data_dir: str | Path, cases=("STS_001", "STS_002")) -> list[dict]:
