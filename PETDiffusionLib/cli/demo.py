@@ -49,7 +49,8 @@ def _demo(args) -> int:
             continue
         t0 = time.perf_counter()
         print(f"[{i}/{len(DEMO_STEPS)}] {title}")
-        step_dir = out / target.split(":")[1]
+        # one folder per step (two steps may share a function name such as `demo`)
+        step_dir = out / f"{i}_{target.split(':')[0].rsplit('.', 1)[-1]}"
         for line in run_step(target, step_dir):
             print(f"    {line}")
         print(f"    ({time.perf_counter() - t0:.1f} s)")

@@ -454,8 +454,8 @@ def demo(out_dir: str | Path) -> list[str]:
     summary = json.loads((manifest.parent / "summary.json").read_text())
     lines = [f"phantom case: {case} (10 % counts, seed {DEMO_SEED})",
              f"denoise-segment ran in {dt:.0f} s: {summary.get('lesion_count')} lesion(s) found, "
-             f"TMTV {summary.get('tmtv_ml')} mL, "
-             f"TTLG {summary.get('ttlg')}",
+             f"TMTV {summary.get('tmtv_ml') or 0:.1f} mL, "
+             f"TTLG {summary.get('ttlg') or 0:.1f} (SUVbw x mL)",
              f"manifest: {manifest}", f"report: {manifest.parent / 'report.pdf'}"]
     return lines
 
