@@ -1,7 +1,7 @@
 """`petdiffusion bench NAME`: benchmark commands that print the figures the issues name.
 
 Benchmarks are commands, never timed tests. Each entry is "module:function"; the function takes the
-parsed args and returns 0.
+parsed args and returns its figures as text (printed here) or an exit status.
 """
 from __future__ import annotations
 
@@ -37,5 +37,9 @@ def _bench(args) -> int:
         target, what = BENCHES[name]
         mod, fn = target.split(":")
         print(f"== bench {name}: {what}")
-        rc |= int(getattr(importlib.import_module(mod), fn)(args) or 0)
+        result = getattr(importlib.import_module(mod), fn)(args)
+        if isinstance(result, str):  # library benches return their figures as text
+            print(result)
+            result = 0
+        rc |= int(result or 0)
     return rc

@@ -40,4 +40,8 @@ def _evaluate(args) -> int:
         raise InputError(f"task {args.task} has no evaluation yet")
     eargs = evaluate_parser(args.task, module).parse_args(args.rest)
     eargs.task, eargs.verbose = args.task, getattr(args, "verbose", False)
-    return int(module.evaluate(eargs) or 0)
+    result = module.evaluate(eargs)
+    if isinstance(result, str):  # the task's summary table, for the terminal
+        print(result)
+        return 0
+    return int(result or 0)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 
-def bench_phantom_case(args=None) -> int:
+def bench_phantom_case(args=None) -> str:
     import torch
 
     from PETDiffusionLib.phantom.case import PhantomConfig, simulate_case, write_case
@@ -18,7 +18,7 @@ def bench_phantom_case(args=None) -> int:
     acq = AcquisitionConfig()
     t = time.perf_counter()
     get_projector(ProjectorGeometry(cfg.size, 512.0 / cfg.size, acq.n_angles, acq.n_subsets))
-    print(f"projector matrix built once per process: {time.perf_counter() - t:.2f} s")
+    lines = [f"projector matrix built once per process: {time.perf_counter() - t:.2f} s"]
     for r in range(repeat):
         t = time.perf_counter()
         case = simulate_case(12345, r, cfg)
@@ -27,7 +27,7 @@ def bench_phantom_case(args=None) -> int:
             t2 = time.perf_counter()
             write_case(case, Path(d), 12345, r, cfg)
             t_write = time.perf_counter() - t2
-        print(f"case {r}: simulate {t_sim:.1f} s (phantom {case.info['seconds']['phantom']:.1f} s), "
+        lines.append(f"case {r}: simulate {t_sim:.1f} s (phantom {case.info['seconds']['phantom']:.1f} s), "
               f"write {t_write:.1f} s, total {t_sim + t_write:.1f} s, 1 torch thread, "
               f"{len(case.images) + 2} images")
-    return 0
+    return "\n".join(lines)

@@ -42,7 +42,7 @@ def make_bench_volume(seed: int = 0) -> tuple[sitk.Image, sitk.Image]:
     return suv_img, mask_img
 
 
-def bench_lesion_table(args=None) -> int:
+def bench_lesion_table(args=None) -> str:
     suv_img, mask_img = make_bench_volume()
     repeat = max(1, int(getattr(args, "repeat", 1) or 1))
     times = []
@@ -51,7 +51,6 @@ def bench_lesion_table(args=None) -> int:
         rows = lesion_table(suv_img, mask_img)
         times.append(time.perf_counter() - t0)
     totals = lesion_totals(rows)
-    print(f"lesion_table: {SHAPE_ZYX[2]}x{SHAPE_ZYX[1]}x{SHAPE_ZYX[0]} voxels, "
-          f"{totals.lesion_count} lesions, TMTV {totals.tmtv_ml:.1f} mL: "
-          f"{min(times):.2f} s (best of {repeat}; target < 5 s)")
-    return 0
+    return (f"lesion_table: {SHAPE_ZYX[2]}x{SHAPE_ZYX[1]}x{SHAPE_ZYX[0]} voxels, "
+            f"{totals.lesion_count} lesions, TMTV {totals.tmtv_ml:.1f} mL: "
+            f"{min(times):.2f} s (best of {repeat}; target < 5 s)")

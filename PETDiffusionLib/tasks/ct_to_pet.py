@@ -465,9 +465,7 @@ def evaluate(args) -> int:
     if getattr(args, "figures", None):
         out["figures"] = write_figures(Path(args.figures), first_case, curve_summary, summary)
     dst.write_text(json.dumps(out, indent=2, default=float))
-    print(format_table(out))
-    print(f"wrote {dst}")
-    return 0
+    return f"{format_table(out)}\nwrote {dst}"
 
 
 def write_figures(folder: Path, first_case, curve: dict, summary: dict) -> list[str]:
@@ -615,7 +613,7 @@ def simple_ct(shape_zyx=(160, 128, 128), spacing=(4.0, 4.0, 4.0), seed: int = 0)
     return img
 
 
-def bench(args) -> int:
+def bench(args) -> str:
     """128x128x160 CT -> synthetic PET at the default steps, shipped model, one process."""
     ct = simple_ct((160, 128, 128), (3.9, 3.9, 4.0))
     nets, card = load_model(None)
@@ -625,9 +623,8 @@ def bench(args) -> int:
         t0 = time.monotonic()
         synthesize(ct, nets, card, steps=steps, samples=1, seed=0)
         times.append(time.monotonic() - t0)
-    print(f"ct-to-pet: 128x128x160 CT (3.9x3.9x4.0 mm), {steps} bridge steps, "
-          f"{torch.get_num_threads()} torch threads: {min(times):.1f} s (target < 120 s)")
-    return 0
+    return (f"ct-to-pet: 128x128x160 CT (3.9x3.9x4.0 mm), {steps} bridge steps, "
+            f"{torch.get_num_threads()} torch threads: {min(times):.1f} s (target < 120 s)")
 
 
 def demo(out_dir) -> list[str]:

@@ -409,8 +409,8 @@ def run(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> dict[st
 # --------------------------------------------------------------------------------------------
 # Bench and demo
 # --------------------------------------------------------------------------------------------
-def bench(args=None) -> int:
-    """A 128x128x160 low-count volume end to end with default settings; prints seconds."""
+def bench(args=None) -> str:
+    """A 128x128x160 low-count volume end to end with default settings; returns the seconds."""
     import tempfile
     from PETDiffusionLib.progress import Progress
     from PETDiffusionLib.tasks.runner import run_task
@@ -420,9 +420,8 @@ def bench(args=None) -> int:
     t0 = time.monotonic()
     run_task(SPEC.id, {"pet": str(tmp / "pet.nii.gz")}, {}, tmp / "out", Progress("none"))
     dt = time.monotonic() - t0
-    print(f"denoise-segment: 128x128x160 end to end (denoise, segment, quantify, report): "
-          f"{dt:.1f} s with {torch.get_num_threads()} torch thread(s) (target < 180 s)")
-    return 0
+    return (f"denoise-segment: 128x128x160 end to end (denoise, segment, quantify, report): "
+            f"{dt:.1f} s with {torch.get_num_threads()} torch thread(s) (target < 180 s)")
 
 
 def _bench_volume() -> sitk.Image:
@@ -750,6 +749,4 @@ def evaluate(args) -> int:
               "torch_threads": torch.get_num_threads(), "summary": summary, "per_case": rows}
     out = Path(args.out) if getattr(args, "out", None) else cohort / "evaluation_denoise_segment.json"
     atomic_write_text(out, json.dumps(result, indent=1, default=float))
-    print(format_table(summary))
-    print(f"wrote {out}")
-    return 0
+    return f"{format_table(summary)}\nwrote {out}"

@@ -113,7 +113,7 @@ class _Loop:
         self.rng = np.random.default_rng(seed)
         ck = self.dir / "checkpoint.pt"
         if ck.is_file():  # our own checkpoint (tensors and numbers only)
-            state = torch.load(ck, weights_only=False)
+            state = torch.load(ck, weights_only=True)  # tensors, numbers, strings only
             for k, v in nets.items():
                 v.load_state_dict(state["nets"][k])
             self.opt.load_state_dict(state["opt"])
@@ -185,7 +185,7 @@ def _stage_done(run_dir: Path, stage: str) -> bool:
 
 def _load_net(run_dir: Path, stage: str, name: str, spec: dict) -> torch.nn.Module:
     net = cpdm.build(spec["class"], spec["args"])
-    state = torch.load(run_dir / stage.replace(":", "_") / "checkpoint.pt", weights_only=False)
+    state = torch.load(run_dir / stage.replace(":", "_") / "checkpoint.pt", weights_only=True)
     net.load_state_dict(state["ema"][name] if state.get("ema") else state["nets"][name])
     return net.eval()
 

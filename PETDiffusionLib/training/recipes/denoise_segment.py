@@ -615,14 +615,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = real_check(args.model, args.data)
         text = json.dumps(res, indent=1)
-        print(text)
+        log.info("%s", text)
         if args.json:
             Path(args.json).write_text(text)
         return 0
     if args.cmd == "validate-segmenter":
         res = validate_segmenter(args.run)
         text = json.dumps(res, indent=1)
-        print(text)
+        log.info("%s", text)
         if args.json:
             Path(args.json).write_text(text)
         return 0
