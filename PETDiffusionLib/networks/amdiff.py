@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from PETDiffusionLib.networks.blocks import TimeResBlock, timestep_embedding
+
 # Sec. 2.2.1: "a cutoff is applied to SUV values above 20" before diffusion training.
 SUV_CUTOFF = 20.0
 
@@ -73,32 +75,6 @@ class SUVNormalisation:
 # --------------------------------------------------------------------------------------------
 # f_den: conditioned diffusion denoiser (Sec. 2.1.1)
 # --------------------------------------------------------------------------------------------
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal timestep embedding (Ho et al. 2020, as in the Transformer)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32)
-                      / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-class _TimeResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.temb = nn.Linear(t_dim, c_out)
-        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x, temb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(temb)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.skip(x)
-
-
 class _SelfAttention(nn.Module):
     def __init__(self, channels: int, head_channels: int, groups: int):
         super().__init__()
@@ -137,15 +113,15 @@ class Denoiser(nn.Module):
         self.downs = nn.ModuleList()
         c_prev = channels[0]
         for i, c in enumerate(channels):
-            self.enc.append(_TimeResBlock(c_prev, c, self.t_dim, g))
+            self.enc.append(TimeResBlock(c_prev, c, self.t_dim, g))
             c_prev = c
             if i < len(channels) - 1:
                 self.downs.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.mid_attn = _SelfAttention(channels[-1], num_head_channels, g)
-        self.mid = _TimeResBlock(channels[-1], channels[-1], self.t_dim, g)
+        self.mid = TimeResBlock(channels[-1], channels[-1], self.t_dim, g)
         self.dec = nn.ModuleList()
         for i in range(len(channels) - 2, -1, -1):
-            self.dec.append(_TimeResBlock(c_prev + channels[i], channels[i], self.t_dim, g))
+            self.dec.append(TimeResBlock(c_prev + channels[i], channels[i], self.t_dim, g))
             c_prev = channels[i]
         self.out = nn.Sequential(nn.GroupNorm(min(g, channels[0]), channels[0]), nn.SiLU(),
                                  nn.Conv2d(channels[0], 1, 3, padding=1))

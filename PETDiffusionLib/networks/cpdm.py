@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from PETDiffusionLib.networks.blocks import TimeResBlock, timestep_embedding
+
 CT_HU_MIN, CT_HU_MAX = -1024.0, 3071.0  # 12-bit CT (CPDM §3: CT stored with max 2^11 - 1 offsets)
 CT_HU_SCALE = 1000.0                    # HU -> water 0, air -1
 PET_SUV_REF = 10.0                      # SUV that maps to +1 (PHYSICS.md §5: FDG organs 0.5-10)
@@ -100,32 +102,6 @@ def build(class_path: str, args: dict) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # the bridge denoiser
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017 §3.5; DDPM Ho et al. 2020)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
-                                                            device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, t_dim: int, groups: int = 8):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.temb = nn.Linear(t_dim, c_out)
-        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(temb)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.skip(x)
-
-
 class BridgeUNet(nn.Module):
     """A small time-conditioned 2D U-Net: one residual block per level, strided-conv downsampling.
 
@@ -144,16 +120,16 @@ class BridgeUNet(nn.Module):
         self.downsamples = nn.ModuleList()
         c_prev = channels[0]
         for i, c in enumerate(channels):
-            self.down_blocks.append(_ResBlock(c_prev, c, t_dim))
+            self.down_blocks.append(TimeResBlock(c_prev, c, t_dim))
             c_prev = c
             if i + 1 < len(channels):
                 self.downsamples.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid = _ResBlock(c_prev, c_prev, t_dim)
+        self.mid = TimeResBlock(c_prev, c_prev, t_dim)
         self.up_blocks = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for i in reversed(range(len(channels))):
             c_skip = channels[i]
-            self.up_blocks.append(_ResBlock(c_prev + c_skip, c_skip, t_dim))
+            self.up_blocks.append(TimeResBlock(c_prev + c_skip, c_skip, t_dim))
             c_prev = c_skip
             if i > 0:
                 self.upsamples.append(nn.Conv2d(c_skip, channels[i - 1], 3, padding=1))
