@@ -27,3 +27,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture()
+def scene():
+    """A fresh headless MRML scene (slicer-core) with the logics the Slicer panels use."""
+    import sys
+    sys.path.insert(0, str(PROJECT_ROOT / "PETDiffusion"))
+    from PETDiffusionSlicer import nodes
+    sc = nodes.new_headless_scene()
+    yield sc
+    sc.Clear(1)

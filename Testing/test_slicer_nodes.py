@@ -20,13 +20,6 @@ import vtk  # noqa: E402
 from PETDiffusionSlicer import display, nodes  # noqa: E402
 
 
-@pytest.fixture()
-def scene():
-    sc = nodes.new_headless_scene()
-    yield sc
-    sc.Clear(1)
-
-
 def oblique_anisotropic(array: np.ndarray) -> sitk.Image:
     """An image with anisotropic spacing, a non-trivial origin and a rotation about two axes."""
     img = sitk.GetImageFromArray(array)

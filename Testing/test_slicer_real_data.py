@@ -21,13 +21,6 @@ import slicer  # noqa: E402
 from PETDiffusionSlicer import nodes  # noqa: E402
 
 
-@pytest.fixture()
-def scene():
-    sc = nodes.new_headless_scene()
-    yield sc
-    sc.Clear(1)
-
-
 def load_with_slicer(scene, path: Path, name: str):
     """As Slicer loads a file (Volumes module logic, LPS file -> RAS node)."""
     return nodes.load_volume_file(path, name)

@@ -81,13 +81,6 @@ def specs():
 
 
 @pytest.fixture()
-def scene():
-    sc = nodes.new_headless_scene()
-    yield sc
-    sc.Clear(1)
-
-
-@pytest.fixture()
 def temp_root(tmp_path):
     root = tmp_path / "temp"
     root.mkdir()
