@@ -217,6 +217,11 @@ def specs(cfg: dict) -> dict[str, dict]:
     return out
 
 
+def _body_slices(ct: np.ndarray) -> np.ndarray:
+    """Indices of slices with more than 2 % body (CT above cpdm.BODY_HU), so training crops hold anatomy."""
+    return np.where((ct > cpdm.BODY_HU).reshape(len(ct), -1).mean(1) > 0.02)[0]
+
+
 def train_autoencoder(cfg: dict, run_dir: Path) -> dict:
     c = cfg["autoencoder"]
     torch.manual_seed(cfg["seed"])
@@ -224,8 +229,7 @@ def train_autoencoder(cfg: dict, run_dir: Path) -> dict:
     ae = cpdm.build(spec["class"], spec["args"])
     ct, pet, _ = load_slices(run_dir)
     ct_n, pet_n = cpdm.ct_to_net(ct), cpdm.pet_to_net(pet)
-    body = ct > -500  # sample crops that hold some body
-    keep = np.where(body.reshape(len(ct), -1).mean(1) > 0.02)[0]
+    keep = _body_slices(ct)
     loop = _Loop(run_dir / "autoencoder", {"autoencoder": ae}, c["lr"], c["steps"], cfg["seed"],
                  None, cfg.get("checkpoint_seconds", 60))
 
@@ -276,7 +280,7 @@ def train_attention(cfg: dict, run_dir: Path) -> dict:
     ct, pet, case = load_slices(run_dir)
     stacks = cpdm.stacks_25d(cpdm.ct_to_net(ct), case, cfg["context"])
     target = attention_target(pet, cfg["attention_suv_threshold"]).astype(np.float32)[:, None]
-    keep = np.where((ct > -500).reshape(len(ct), -1).mean(1) > 0.02)[0]
+    keep = _body_slices(ct)
     dice = DiceLoss(sigmoid=True, batch=True)  # CPDM §4.2: L = 1 - 2|P∩G| / (|P| + |G|)
     loop = _Loop(run_dir / "attention", {"attention": net}, c["lr"], c["steps"], cfg["seed"],
                  None, cfg.get("checkpoint_seconds", 60))
