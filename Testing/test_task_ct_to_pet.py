@@ -235,3 +235,85 @@ def test_real_dicom_ct_reads_kvp_from_the_header_and_returns_on_its_512_grid(tmp
     pet = read_image(tmp_path / "out" / "pet_synthetic.nii.gz")
     assert pet.GetSize() == (512, 512, 20) and same_grid(pet, ct, tol=1e-3)
     assert is_synthetic(pet)
+
+
+# ------------------------------------------------------------------------------------------------
+# CT-domain augmentation of the training recipe (issue 7, real CT)
+
+def _aug_inputs():
+    ct = sitk.GetArrayFromImage(ct_to_pet.simple_ct((6, 64, 64), (4.0, 4.0, 5.0), seed=3)).astype(np.float32)
+    pet = np.where(ct > 30, 2.0, 0.5).astype(np.float32) * (ct > -500)
+    return ct, pet
+
+
+def test_augmentation_keeps_shapes_dtype_and_a_sane_hu_range():
+    ct, pet = _aug_inputs()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = recipe.augment_params(rng, {"enabled": True, "fov_crop_p": 1.0})
+        a, (b,) = recipe.augment_ct(ct, [pet], p)
+        assert a.shape == ct.shape and b.shape == pet.shape
+        assert a.dtype == np.float32 and b.dtype == np.float32
+        assert a.min() >= cpdm.CT_HU_MIN and a.max() <= cpdm.CT_HU_MAX
+        assert b.min() >= 0.0 and b.max() <= pet.max() + 1e-4  # bilinear: no new extremes
+        # soft tissue stays soft tissue: noise <= 25 HU, scale 3 %, offset 15 HU (AUG_DEFAULTS)
+        tissue = (ct > 0) & (ct < 100) & (a > cpdm.CT_HU_MIN)
+        assert abs(float(np.median(a[tissue]) - np.median(ct[tissue]))) < 60
+
+
+def test_augmentation_is_deterministic_for_a_seed_and_differs_between_seeds():
+    ct, pet = _aug_inputs()
+    draw = lambda seed: recipe.augment_ct(ct, [pet], recipe.augment_params(np.random.default_rng(seed),
+                                                                           {"enabled": True}))
+    (a1, (b1,)), (a2, (b2,)), (a3, _) = draw(5), draw(5), draw(6)
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2)
+    assert not np.array_equal(a1, a3)
+
+
+def test_augmentation_identity_parameters_change_nothing():
+    ct, pet = _aug_inputs()
+    p = {"noise": 0.0, "blur": 0.0, "scale": 1.0, "offset": 0.0, "zoom": 1.0, "shift": np.zeros(2),
+         "flip": False, "crop": np.zeros(4), "noise_seed": 0}
+    a, (b,) = recipe.augment_ct(ct, [pet], p)
+    # atol 1 HU: voxels within 1 HU of -1024 are snapped to exact air (augment_ct)
+    assert np.allclose(a, np.clip(ct, cpdm.CT_HU_MIN, cpdm.CT_HU_MAX), atol=1.0)
+    assert np.allclose(b, pet, atol=1e-5)
+    # a left-right flip moves the CT and the paired PET alike
+    a, (b,) = recipe.augment_ct(ct, [pet], {**p, "flip": True})
+    assert np.allclose(a, np.clip(ct, cpdm.CT_HU_MIN, None)[..., ::-1], atol=1.0) and np.allclose(b, pet[..., ::-1], atol=1e-5)
+
+
+def test_truncated_field_of_view_is_air_in_ct_and_zero_in_pet():
+    ct, pet = _aug_inputs()
+    p = {"noise": 10.0, "blur": 0.5, "scale": 1.0, "offset": 5.0, "zoom": 1.0, "shift": np.zeros(2),
+         "flip": False, "crop": np.array([0.0, 0.0, 0.25, 0.0]), "noise_seed": 1}
+    a, (b,) = recipe.augment_ct(ct, [pet], p)
+    assert np.all(a[..., :16] == cpdm.CT_HU_MIN) and np.all(b[..., :16] == 0.0)
+    assert (a[..., 16:] > -500).any()
+
+
+def test_augmentation_pairs_a_25d_stack_with_its_single_slice_mask():
+    """The attention stage augments a (2c+1)-slice CT stack together with its one-slice target."""
+    ct, pet = _aug_inputs()
+    p = recipe.augment_params(np.random.default_rng(2), {"enabled": True, "fov_crop_p": 1.0})
+    a, (m,) = recipe.augment_ct(ct[:3], [(pet[1:2] > 1).astype(np.float32)], p)
+    assert a.shape == (3, 64, 64) and m.shape == (1, 64, 64)
+
+
+def test_summary_counts_cases_beyond_15_percent_per_organ():
+    rows = [{"mae_suv": 0.1, "psnr_db": 30.0, "ssim": 0.9, "seconds": 1.0, "organ_abs_error_pct_mean": abs(e),
+             "organs": {"liver": {"error_pct": e}}} for e in (-20.0, 10.0, 16.0, -5.0)]
+    liver = ct_to_pet._summarise(rows)["organ_error_pct"]["liver"]
+    assert liver["cases_beyond_15pct"] == 2 and liver["cases"] == 4
+    assert math.isclose(liver["mean_signed"], 0.25) and math.isclose(liver["mean_abs"], 12.75)
+
+
+def test_real_pair_crop_goes_to_the_working_grid_with_air_outside_the_pet(shared_data):
+    # STS_001 is evaluation data (never trained on); this only checks the geometry of the reader
+    ct, pet = recipe._real_pair_arrays(shared_data / "petct_sts" / "nifti" / "STS_001", (4.0, 4.0, 5.0), 128)
+    assert ct.shape == pet.shape and ct.shape[1:] == (128, 128)
+    assert ct.min() >= cpdm.CT_HU_MIN and pet.min() >= 0.0
+    body = ct > cpdm.BODY_HU
+    assert body.any() and pet[body].mean() > 0.2  # real FDG soft tissue, not empty
+    # the 5 cm crop is padded to 128 x 128 with air in the CT and 0 SUV in the PET
+    assert np.all(ct[:, 0, :] == cpdm.CT_HU_MIN) and np.all(pet[:, 0, :] == 0.0)

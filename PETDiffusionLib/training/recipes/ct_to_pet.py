@@ -40,6 +40,7 @@ VARIANTS = {  # variant -> (use M_sigma, use M_mu); CPDM Table 4 rows
 }
 STAGES = ["prepare", "autoencoder", "attention", "latents", "bridge:cpdm", "bridge:no_sigma",
           "bridge:no_mu", "regression", "export"]
+OPTIONAL_STAGES = ["prepare_real", "latents_real"]  # real paired PET/CT mix-in (cfg "real_pairs")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,6 +93,141 @@ def load_slices(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = np.load(f)
         cts.append(d["ct"]), pets.append(d["pet"]), idx.append(np.full(len(d["ct"]), i))
     return np.concatenate(cts), np.concatenate(pets), np.concatenate(idx)
+
+
+def _real_pair_arrays(case_dir: Path, spacing, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real PET/CT crop (IBSI STS layout: CT_image HU, PET_image SUVbw) on the working grid.
+
+    The PET is resampled onto the CT; CT voxels outside the PET's extent become air, so that the
+    pair never shows tissue without a PET value."""
+    import SimpleITK as sitk
+    from PETDiffusionLib.io.images import read_image, resample_to
+    ct = read_image(case_dir / "CT_image.nii.gz")
+    pet_img = read_image(case_dir / "PET_image.nii.gz")
+    pet = resample_to(pet_img, ct, default_value=0.0)
+    ones = sitk.Image(pet_img.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(pet_img)
+    inside = sitk.GetArrayFromImage(resample_to(ones, ct, is_label=True)) > 0.5
+    ct_a = np.where(inside, sitk.GetArrayFromImage(ct).astype(np.float32), cpdm.CT_HU_MIN)
+    ct = _with_array(ct, ct_a)
+    ct_w = cpdm.to_working_array(ct, spacing, default=cpdm.CT_HU_MIN)
+    pet_w = cpdm.to_working_array(pet, spacing)
+    return (cpdm.crop_or_pad(ct_w, size, cpdm.CT_HU_MIN),
+            np.maximum(cpdm.crop_or_pad(pet_w, size, 0.0), 0.0))
+
+
+def _with_array(img, arr: np.ndarray):
+    import SimpleITK as sitk
+    out = sitk.GetImageFromArray(arr.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def prepare_real(cfg: dict, run_dir: Path) -> Path:
+    """Optional real paired PET/CT crops (cfg['real_pairs']: root, train_cases) -> prepare_real/."""
+    rp = cfg["real_pairs"]
+    out = run_dir / "prepare_real"
+    out.mkdir(parents=True, exist_ok=True)
+    for cid in rp["train_cases"]:
+        dst = out / f"{cid}.npz"
+        if not dst.is_file():
+            ct, pet = _real_pair_arrays(Path(rp["root"]) / cid, tuple(cfg["working_spacing_mm"]),
+                                        int(cfg["slice_size"]))
+            np.savez(dst, ct=ct, pet=pet.astype(np.float32))
+            log.info("prepared real pair %s: %s slices", cid, ct.shape[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# CT-domain augmentation (issue 7, real CT): the simulated CTs are clean, whole-body-in-FOV phantoms;
+# real CTs differ in noise, sharpness, HU calibration, patient size/position and field of view.
+
+AUG_DEFAULTS = {
+    "noise_hu_max": 25.0,      # additive white noise, sigma ~ U(0, 25) HU (brief; clinical CT ~10-30 HU)
+    "blur_sigma_max_px": 0.8,  # in-plane Gaussian blur sigma ~ U(0, 0.8) px (softer reconstruction kernels)
+    "hu_scale": 0.03,          # HU * (1 + U(-3 %, 3 %)): kVp / calibration differences of a few per cent
+    "hu_offset": 15.0,         # + U(-15, 15) HU: real liver 44 HU vs phantom 50 (measured, issue 7 note)
+    "zoom": 0.1,               # in-plane scale U(0.9, 1.1): patient size
+    "shift_px": 8,             # in-plane shift U(-8, 8) px (32 mm at 4 mm): patient position
+    "flip": True,              # left-right mirror with p = 0.5 (anterior-posterior is fixed by LPS)
+    "fov_crop_p": 0.3,         # p of a truncated field of view (real CTs cut the body at the FOV edge)
+    "fov_crop_max": 0.2,       # ... removing up to 20 % of the slice on each side (set to air, PET 0)
+}
+
+
+def augment_params(rng: np.random.Generator, aug: dict) -> dict:
+    """One draw of the augmentation parameters (applied alike to every slice of one sample/volume)."""
+    a = {**AUG_DEFAULTS, **aug}
+    fc = float(a["fov_crop_max"])
+    crop = (rng.uniform(0, fc, 4) if rng.random() < float(a["fov_crop_p"]) else np.zeros(4))
+    return {"noise": float(rng.uniform(0, a["noise_hu_max"])),
+            "blur": float(rng.uniform(0, a["blur_sigma_max_px"])),
+            "scale": float(1 + rng.uniform(-a["hu_scale"], a["hu_scale"])),
+            "offset": float(rng.uniform(-a["hu_offset"], a["hu_offset"])),
+            "zoom": float(1 + rng.uniform(-a["zoom"], a["zoom"])),
+            "shift": rng.uniform(-a["shift_px"], a["shift_px"], 2).astype(float),
+            "flip": bool(a["flip"] and rng.random() < 0.5),
+            "crop": crop.astype(float),  # fraction cut from top, bottom, left, right
+            "noise_seed": int(rng.integers(0, 2 ** 31 - 1))}
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable in-plane Gaussian blur of [B, C, H, W] (reflect padding keeps edges unbiased)."""
+    if sigma < 0.05:
+        return x
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    b, c, h, w = x.shape
+    y = x.reshape(b * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.reshape(b, c, h, w)
+
+
+def augment_ct(ct_hu: np.ndarray, others: list[np.ndarray], params: dict
+               ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Augment CT slices (Z, H, W) in HU and, geometrically only, paired maps (PET, masks) (Z, H, W).
+
+    The geometry (zoom, shift, flip, FOV truncation) is applied alike to the CT and ``others``
+    (bilinear; outside the image the CT is air and the others 0); blur, HU scale/offset and noise
+    to the CT only. Returns float32 arrays of the input shapes, CT clipped to the 12-bit range.
+    """
+    z, h, w = ct_hu.shape
+    p = params
+    theta = torch.zeros(1, 2, 3, dtype=torch.float32)
+    # output -> input coordinates in [-1, 1]: x_in = x_out / zoom (* -1 when flipped) - shift
+    theta[0, 0, 0] = (-1.0 if p["flip"] else 1.0) / p["zoom"]
+    theta[0, 1, 1] = 1.0 / p["zoom"]
+    theta[0, 0, 2] = -2.0 * p["shift"][1] / w
+    theta[0, 1, 2] = -2.0 * p["shift"][0] / h
+    grid = F.affine_grid(theta, [1, 1, h, w], align_corners=False)
+
+    def warp(a: np.ndarray, fill: float) -> torch.Tensor:  # a: (any number of slices, h, w)
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None] - fill
+        g = grid.expand(len(t), h, w, 2)
+        return F.grid_sample(t, g, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0] + fill
+
+    ct = warp(ct_hu, cpdm.CT_HU_MIN)
+    outs = [warp(o, 0.0) for o in others]
+    top, bottom, left, right = (int(round(f * n)) for f, n in zip(p["crop"], (h, h, w, w)))
+    if top or bottom or left or right:
+        keep = torch.zeros(h, w, dtype=torch.bool)
+        keep[top:h - bottom, left:w - right] = True
+        ct = torch.where(keep, ct, torch.tensor(cpdm.CT_HU_MIN))
+        outs = [torch.where(keep, o, torch.tensor(0.0)) for o in outs]
+    air = ct <= cpdm.CT_HU_MIN + 1.0  # padding and truncated FOV stay exact air, as in a real scan
+    ct = _gaussian_blur(ct[:, None], p["blur"])[:, 0]
+    ct = ct * p["scale"] + p["offset"]
+    g = torch.Generator().manual_seed(p["noise_seed"])
+    ct = ct + p["noise"] * torch.randn(ct.shape, generator=g)
+    ct = torch.where(air, torch.tensor(cpdm.CT_HU_MIN), ct).clamp(cpdm.CT_HU_MIN, cpdm.CT_HU_MAX)
+    return ct.numpy().astype(np.float32), [o.numpy().astype(np.float32) for o in outs]
+
+
+def _aug_cfg(cfg: dict) -> dict | None:
+    a = cfg.get("augment") or {}
+    return a if a.get("enabled") else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,9 +369,14 @@ def train_autoencoder(cfg: dict, run_dir: Path) -> dict:
     loop = _Loop(run_dir / "autoencoder", {"autoencoder": ae}, c["lr"], c["steps"], cfg["seed"],
                  None, cfg.get("checkpoint_seconds", 60))
 
+    aug = _aug_cfg(cfg)
+
     def loss_fn(step, gen, rng):
         i = rng.choice(keep, c["batch"])
         a, b = _random_crops([ct_n, pet_n], i, c["crop"], rng)
+        if aug:  # the autoencoder must also encode noisy/blurred/shifted CTs faithfully
+            ct_aug = np.stack([augment_ct(ct[k:k + 1], [], augment_params(rng, aug))[0][0] for k in i])
+            a = _random_crops([cpdm.ct_to_net(ct_aug)], np.arange(len(i)), c["crop"], rng)[0]
         x = torch.cat([a, b])[:, None]  # CT and PET slices through the same autoencoder
         recon, mu, sigma = ae(x)
         l1 = F.l1_loss(recon, x)
@@ -285,9 +426,19 @@ def train_attention(cfg: dict, run_dir: Path) -> dict:
     loop = _Loop(run_dir / "attention", {"attention": net}, c["lr"], c["steps"], cfg["seed"],
                  None, cfg.get("checkpoint_seconds", 60))
 
+    aug = _aug_cfg(cfg)
+    stacks_hu = cpdm.stacks_25d(ct, case, cfg["context"]) if aug else None
+
     def loss_fn(step, gen, rng):
         i = rng.choice(keep, c["batch"])
-        x, y = _random_crops([stacks, target], i, c["crop"], rng)
+        if aug:  # one draw per sample, alike for its 2*context+1 slices and its target mask
+            xs, ys = [], []
+            for k in i:
+                a, (m,) = augment_ct(stacks_hu[k], [target[k]], augment_params(rng, aug))
+                xs.append(cpdm.ct_to_net(a)), ys.append((m > 0.5).astype(np.float32))
+            x, y = _random_crops([np.stack(xs), np.stack(ys)], np.arange(len(i)), c["crop"], rng)
+        else:
+            x, y = _random_crops([stacks, target], i, c["crop"], rng)
         return dice(net(x), y), {"positive_fraction": y.mean()}
 
     summary = loop.run(loss_fn)
@@ -303,35 +454,82 @@ def train_attention(cfg: dict, run_dir: Path) -> dict:
 
 
 def encode_latents(cfg: dict, run_dir: Path) -> dict:
-    """Latents of every CT and PET slice, the pooled maps, and the latent scale factor."""
+    """Latents of every CT and PET slice, the pooled maps, and the latent scale factor.
+
+    With augmentation on, ``augment.latent_copies`` copies of every case are encoded: copy 0 as
+    it is, the others each with one augmentation draw for the whole volume (so the 2.5D neighbours
+    and the maps agree); every copy gets its own case id so that neighbours never cross copies.
+    """
     sp = specs(cfg)
     ae = _load_net(run_dir, "autoencoder", "autoencoder", sp["autoencoder"])
     att = _load_net(run_dir, "attention", "attention", sp["attention"])
-    ct, pet, case = load_slices(run_dir)
+    ct_all, pet_all, case_all = load_slices(run_dir)
     factor = 2 ** (len(cfg["autoencoder"]["channels"]) - 1)
-    out = {k: [] for k in ("y", "x0", "msig", "mmu")}
+    aug = _aug_cfg(cfg)
+    copies = int(aug.get("latent_copies", 1)) if aug else 1
+    n_cases = int(case_all.max()) + 1
+    rng = np.random.default_rng(cfg["seed"] + 1)  # a stream of its own (the loops use seed)
+    out = {k: [] for k in ("y", "x0", "msig", "mmu", "case")}
     t0 = time.monotonic()
     with torch.no_grad():
-        for s in range(0, len(ct), 64):
-            sl = slice(s, s + 64)
-            c = torch.from_numpy(cpdm.ct_to_net(ct[sl]))[:, None]
-            p = torch.from_numpy(cpdm.pet_to_net(pet[sl]))[:, None]
-            out["y"].append(ae.encode(c)[0])
-            out["x0"].append(ae.encode(p)[0])
+        for copy in range(copies):
+            for ci in range(n_cases):
+                sel = case_all == ci
+                ct, pet = ct_all[sel], pet_all[sel]
+                if copy > 0:
+                    ct, (pet,) = augment_ct(ct, [pet], augment_params(rng, aug))
+                    pet = np.maximum(pet, 0)
+                case = np.full(len(ct), ci + copy * n_cases)
+                stacks = cpdm.stacks_25d(cpdm.ct_to_net(ct), np.zeros(len(ct), int), cfg["context"])
+                for s in range(0, len(ct), 64):
+                    sl = slice(s, s + 64)
+                    c = torch.from_numpy(cpdm.ct_to_net(ct[sl]))[:, None]
+                    p = torch.from_numpy(cpdm.pet_to_net(pet[sl]))[:, None]
+                    out["y"].append(ae.encode(c)[0])
+                    out["x0"].append(ae.encode(p)[0])
+                    m = torch.sigmoid(att(torch.from_numpy(stacks[sl])))
+                    out["msig"].append(cpdm.downsample_map(m, factor))
+                    mu = torch.from_numpy(cpdm.attenuation_condition(ct[sl], cfg["kvp"]))[:, None]
+                    out["mmu"].append(cpdm.downsample_map(mu, factor))
+                out["case"].append(case)
+            log.info("latents: copy %d of %d done (%.0f s)", copy + 1, copies, time.monotonic() - t0)
     y, x0 = torch.cat(out["y"]), torch.cat(out["x0"])
-    stacks = cpdm.stacks_25d(cpdm.ct_to_net(ct), case, cfg["context"])
-    with torch.no_grad():
-        for s in range(0, len(ct), 64):
-            m = torch.sigmoid(att(torch.from_numpy(stacks[s:s + 64])))
-            out["msig"].append(cpdm.downsample_map(m, factor))
-            mu = torch.from_numpy(cpdm.attenuation_condition(ct[s:s + 64], cfg["kvp"]))[:, None]
-            out["mmu"].append(cpdm.downsample_map(mu, factor))
     scale = float(1.0 / torch.cat([y, x0]).std())  # unit-variance latents (Rombach et al. 2022 §4.3.2)
     np.savez(run_dir / "latents.npz", y=(y * scale).numpy(), x0=(x0 * scale).numpy(),
-             msig=torch.cat(out["msig"]).numpy(), mmu=torch.cat(out["mmu"]).numpy(), case=case)
-    info = {"latent_scale": scale, "slices": int(len(ct)), "seconds": round(time.monotonic() - t0, 1)}
+             msig=torch.cat(out["msig"]).numpy(), mmu=torch.cat(out["mmu"]).numpy(),
+             case=np.concatenate(out["case"]))
+    info = {"latent_scale": scale, "slices": int(len(y)), "copies": copies,
+            "seconds": round(time.monotonic() - t0, 1)}
     (run_dir / "latents.json").write_text(json.dumps(info, indent=2))
     log.info("latents: %s", info)
+    return info
+
+
+def encode_real_latents(cfg: dict, run_dir: Path) -> dict:
+    """Latents of the real pairs (prepare_real/) with the run's autoencoder, attention and latent scale."""
+    sp = specs(cfg)
+    ae = _load_net(run_dir, "autoencoder", "autoencoder", sp["autoencoder"])
+    att = _load_net(run_dir, "attention", "attention", sp["attention"])
+    scale = json.loads((run_dir / "latents.json").read_text())["latent_scale"]
+    factor = 2 ** (len(cfg["autoencoder"]["channels"]) - 1)
+    out = {k: [] for k in ("y", "x0", "msig", "mmu", "case")}
+    files = sorted((run_dir / "prepare_real").glob("*.npz"))
+    with torch.no_grad():
+        for ci, f in enumerate(files):
+            d = np.load(f)
+            ct, pet = d["ct"], d["pet"]
+            stacks = cpdm.stacks_25d(cpdm.ct_to_net(ct), np.zeros(len(ct), int), cfg["context"])
+            out["y"].append(ae.encode(torch.from_numpy(cpdm.ct_to_net(ct))[:, None])[0] * scale)
+            out["x0"].append(ae.encode(torch.from_numpy(cpdm.pet_to_net(pet))[:, None])[0] * scale)
+            out["msig"].append(cpdm.downsample_map(torch.sigmoid(att(torch.from_numpy(stacks))), factor))
+            mu = torch.from_numpy(cpdm.attenuation_condition(ct, cfg["kvp"]))[:, None]
+            out["mmu"].append(cpdm.downsample_map(mu, factor))
+            out["case"].append(np.full(len(ct), ci))
+    np.savez(run_dir / "latents_real.npz", **{k: (torch.cat(v).numpy() if k != "case" else np.concatenate(v))
+                                              for k, v in out.items()})
+    info = {"cases": [f.stem for f in files], "slices": int(sum(len(c) for c in out["case"]))}
+    (run_dir / "latents_real.json").write_text(json.dumps(info, indent=2))
+    log.info("real latents: %s", info)
     return info
 
 
@@ -365,12 +563,21 @@ def train_bridge(cfg: dict, run_dir: Path, variant: str) -> dict:
     loop = _Loop(run_dir / stage.replace(":", "_"), {"net": net}, c["lr"], c["steps"], cfg["seed"],
                  c.get("ema_decay", 0.999), cfg.get("checkpoint_seconds", 60))
     n = len(lat["case"])
+    real_frac = float((cfg.get("real_pairs") or {}).get("fraction", 0.0))
+    real = dict(np.load(run_dir / "latents_real.npz")) if real_frac > 0 else None
+    n_real = int(round(real_frac * c["batch"])) if real is not None else 0
 
     def loss_fn(step, gen, rng):
-        i = rng.integers(0, n, c["batch"])
+        i = rng.integers(0, n, c["batch"] - n_real)
         x0 = torch.from_numpy(lat["x0"][i]).float()
         y = torch.from_numpy(lat["y"][i]).float()
         cond = _latent_condition(lat, i, cfg["context"], use_sigma, use_mu)
+        if n_real:  # a fixed share of every batch from the real pairs (cfg real_pairs.fraction)
+            j = rng.integers(0, len(real["case"]), n_real)
+            x0 = torch.cat([x0, torch.from_numpy(real["x0"][j]).float()])
+            y = torch.cat([y, torch.from_numpy(real["y"][j]).float()])
+            cond = torch.cat([cond, _latent_condition(real, j, cfg["context"], use_sigma, use_mu)])
+            i = np.concatenate([i, j])
         if stage == "regression":  # same net, input [y-context..., y, maps] without x_t, t = 0
             inp = torch.cat([y, cond], 1)
             out = net(inp, torch.zeros(len(i), dtype=torch.long))
@@ -424,11 +631,19 @@ def export(cfg: dict, run_dir: Path, args_cmd: str = "") -> list[Path]:
 def model_card(cfg: dict, variant: str, use_sigma: bool, use_mu: bool, lat_info: dict, floor: dict,
                summaries: dict, command: str) -> dict:
     model_id = Path(cfg["export"]).name if variant == "cpdm" else f"cpdm-{variant.replace('_', '-')}"
+    aug, real = _aug_cfg(cfg), cfg.get("real_pairs") or {}
+    mixed = float(real.get("fraction", 0.0)) > 0
+    data = f"{cfg['cohort']} (simulated phantom cohort), target {cfg.get('target', 'pet_ac.nii.gz')}"
+    if mixed:
+        data += (f"; bridge batches {real['fraction']:.0%} real FDG PET/CT sarcoma crops "
+                 f"({real['root']}: {', '.join(real['train_cases'])})")
     return {
         "id": model_id, "task": "ct-to-pet", "version": cfg.get("version", "0.1.0"),
         "variant": variant,
-        "intended_use": "research model, not for diagnosis. Trained only on simulated phantoms; "
-                        "its PET is synthetic and must never replace a measured PET.",
+        "intended_use": "research model, not for diagnosis. Trained " + (
+            "mostly on simulated phantoms (plus a few real sarcoma PET/CT crops in the bridge); "
+            if mixed else "only on simulated phantoms; ") +
+            "its PET is synthetic and must never replace a measured PET.",
         "paper": "CPDM, Nguyen et al. 2024, arXiv:2410.21932",
         "preprocessing": {
             "working_spacing_mm": cfg["working_spacing_mm"], "slice_size_train": cfg["slice_size"],
@@ -446,8 +661,12 @@ def model_card(cfg: dict, variant: str, use_sigma: bool, use_mu: bool, lat_info:
                       "num_train_timesteps": cfg["bridge"]["num_train_timesteps"],
                       "max_var": cfg["bridge"]["max_var"], "objective": cfg["bridge"]["objective"],
                       "default_steps": cfg.get("default_steps", 20), "eta": cfg["bridge"].get("eta", 1.0)},
-        "training": {"data": f"{cfg['cohort']} (simulated phantom cohort), target {cfg.get('target', 'pet_ac.nii.gz')}",
-                     "config": cfg, "command": command, "stages": summaries},
+        "training": {"data": data, "config": cfg, "command": command, "stages": summaries,
+                     "augmentation": ({**AUG_DEFAULTS, **aug, "applied_to": (
+                         "CT inputs of the autoencoder and attention stages (one draw per sample) "
+                         "and latent_copies - 1 augmented copies of every case in the latents "
+                         "stage (one draw per volume; geometry applied to PET too)")}
+                         if aug else None)},
         "evaluation": {},
         "limitations": [
             "trained on a few simulated phantom cases on one CPU core for minutes (see training); "
@@ -500,6 +719,10 @@ def train(config: dict, args=None) -> int:
             train_attention(cfg, run_dir)
         elif s == "latents" and not (run_dir / "latents.json").is_file():
             encode_latents(cfg, run_dir)
+        elif s == "prepare_real":
+            prepare_real(cfg, run_dir)
+        elif s == "latents_real" and not (run_dir / "latents_real.json").is_file():
+            encode_real_latents(cfg, run_dir)
         elif s.startswith("bridge:") and not _stage_done(run_dir, s):
             train_bridge(cfg, run_dir, s.split(":", 1)[1])
         elif s == "regression" and not _stage_done(run_dir, s):
@@ -513,7 +736,8 @@ def train(config: dict, args=None) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
-    p.add_argument("--stage", default="all", help="comma-separated stages: " + ", ".join(STAGES))
+    p.add_argument("--stage", default="all",
+                   help="comma-separated stages: " + ", ".join(STAGES + OPTIONAL_STAGES))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return train(json.loads(Path(args.config).read_text()), args)
