@@ -60,13 +60,13 @@ def _icon_path() -> Optional[str]:
 @parameterNodeWrapper
 class PETDenoiseSegmentParameterNode:
     # Ranges and defaults are the task spec's (`petdiffusion spec denoise-segment`; checked by
-    # Testing/test_slicer_spec.py). steps = 0 and startFraction = 0 mean "the model card's default".
+    # Testing/test_slicer_spec.py). steps = 0, startFraction = 0 and lesionThreshold = 0 mean "the model card's default".
     inputPET: vtkMRMLScalarVolumeNode
     inputCT: vtkMRMLScalarVolumeNode
     steps: Annotated[int, WithinRange(0, 250)] = 0
     samples: Annotated[int, WithinRange(1, 16)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    lesionThreshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     lesionMinMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.2
     sampler: Annotated[str, Choice(["ddim", "ddpm", "dpmpp2m"])] = "ddim"
     startFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0

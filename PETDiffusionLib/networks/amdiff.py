@@ -361,10 +361,20 @@ def focal_dice_ce(logits: torch.Tensor, target: torch.Tensor,
 
 def segmentation_loss(lesion_logits: torch.Tensor, organ_logits: torch.Tensor,
                       lesions: torch.Tensor, organs: torch.Tensor,
-                      lesion_weights=None, organ_weights=None) -> torch.Tensor:
-    """L_seg: Eq. 9 on the lesion branch plus Eq. 9 on the organ branch."""
-    return (focal_dice_ce(lesion_logits, (lesions > 0).long(), lesion_weights)
-            + focal_dice_ce(organ_logits, organs.long(), organ_weights))
+                      lesion_weights=None, organ_weights=None,
+                      organs_annotated: torch.Tensor | None = None) -> torch.Tensor:
+    """L_seg: Eq. 9 on the lesion branch plus Eq. 9 on the organ branch.
+
+    ``organs_annotated`` (bool [B]) marks the samples whose organ map is a label map; the organ term
+    is taken over those samples only (real PET with a tumour contour but no organ labels trains the
+    lesion branch alone)."""
+    loss = focal_dice_ce(lesion_logits, (lesions > 0).long(), lesion_weights)
+    if organs_annotated is None:
+        return loss + focal_dice_ce(organ_logits, organs.long(), organ_weights)
+    sel = organs_annotated.bool()
+    if sel.any():
+        loss = loss + focal_dice_ce(organ_logits[sel], organs[sel].long(), organ_weights)
+    return loss
 
 
 def lambda_warm(epoch: float, e_max: float, e_t: float) -> float:

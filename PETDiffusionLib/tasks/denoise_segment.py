@@ -48,7 +48,7 @@ SUV_MAX_PLAUSIBLE = 300.0
 SUV_MIN_PLAUSIBLE = -5.0
 CT_AIR_HU = -1000.0
 MIN_INPLANE_VOXELS = 16     # at the working spacing: the segmenter down-samples by 8
-LESION_PROB_THRESHOLD = 0.5
+LESION_PROB_THRESHOLD = 0.5     # argmax of two classes; used when a card has no calibrated value
 
 SPEC = TaskSpec(
     id="denoise-segment",
@@ -73,8 +73,9 @@ SPEC = TaskSpec(
         Parameter("start_fraction", float, 0.0, "0 = the model card's default; 1 = start from pure "
                   "noise; in between: start from the low-count input noised to this fraction "
                   "of the diffusion steps", 0.0, 1.0),
-        Parameter("lesion_threshold", float, LESION_PROB_THRESHOLD,
-                  "lesion probability above which a voxel is lesion", 0.05, 0.95),
+        Parameter("lesion_threshold", float, 0.0,
+                  "lesion probability above which a voxel is lesion; 0 = the model card's value "
+                  "(calibrated on its validation cases)", 0.0, 0.95),
         Parameter("lesion_min_ml", float, 0.2, "drop predicted lesions smaller than this (mL)",
                   0.0, 100.0),
     ),
@@ -180,7 +181,8 @@ def _body_box(suv: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
 def card_defaults(card: dict) -> dict:
     d = card.get("inference", {})
     return {"steps": int(d.get("steps", 10)), "start_fraction": float(d.get("start_fraction", 1.0)),
-            "sampler": d.get("sampler", "ddim"), "slice_batch": int(d.get("slice_batch", 32))}
+            "sampler": d.get("sampler", "ddim"), "slice_batch": int(d.get("slice_batch", 32)),
+            "lesion_threshold": float(d.get("lesion_threshold", LESION_PROB_THRESHOLD))}
 
 
 class ClippedEpsilon(torch.nn.Module):
@@ -331,8 +333,8 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
                                  int(params.get("samples", 1)), int(params.get("seed", 0)),
                                  start_fraction, progress, device, keep_hc)
     voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
-    les = lesion_mask_from_prob(res["lesion_prob"], float(params.get("lesion_threshold",
-                                                                     LESION_PROB_THRESHOLD)),
+    threshold = float(params.get("lesion_threshold") or defaults["lesion_threshold"])
+    les = lesion_mask_from_prob(res["lesion_prob"], threshold,
                                 float(params.get("lesion_min_ml", 0.2)), voxel_ml)
     out = {
         "pet_denoised": resample_to(array_and_image(res["suv"], work), pet),
@@ -345,7 +347,10 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
         out["uncertainty"] = resample_to(array_and_image(res["std"], work), pet)
     if keep_hc:
         out["pet_hc"] = resample_to(array_and_image(res["suv_hc"], work), pet)
+        out["lesion_prob"] = resample_to(array_and_image(res["lesion_prob"].astype(np.float32),
+                                                         work), pet)
     out["_info"] = {"steps": steps, "sampler": sampler, "start_fraction": start_fraction,
+                    "lesion_threshold": threshold,
                     "working_spacing_mm": list(work.GetSpacing()),
                     "working_size": list(work.GetSize()),
                     "organ_labels": {i: n for i, n in enumerate(ORGAN_CLASSES) if i > 0}}
@@ -386,6 +391,7 @@ def run(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> dict[st
     organ_names = {int(k): v for k, v in info["organ_labels"].items()}
     extra = {"count level": "low-count input", "sampler": info["sampler"],
              "steps": info["steps"], "start fraction": info["start_fraction"],
+             "lesion threshold": info["lesion_threshold"],
              "samples": int(params.get("samples", 1)), "seed": int(params.get("seed", 0)),
              "working spacing (mm)": " x ".join(f"{s:.2f}" for s in info["working_spacing_mm"]),
              "CT used": ct is not None,
@@ -485,6 +491,11 @@ def add_evaluate_args(parser) -> None:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--start-fraction", type=float, default=0.0)
     parser.add_argument("--no-ct", action="store_true", help="evaluate without the CT input")
+    parser.add_argument("--split", default=None,
+                        help="only the cases whose case.json 'split' is this (real cohorts: "
+                             "validation)")
+    parser.add_argument("--lesion-threshold", type=float, default=0.0,
+                        help="0 = the model card's calibrated value")
 
 
 EVAL_CLASSES = ("lesion", "liver", "lung", "bone", "kidney", "spleen", "aorta", "muscle")
@@ -492,6 +503,8 @@ GAUSS_SIGMAS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)   # candidate widths
 ORACLE_FRACTION = 0.41          # PHYSICS.md Sec. 2: relative 41 % of each lesion's SUVmax
 FIXED_SUV_THRESHOLD = 2.5       # PHYSICS.md Sec. 2: fixed SUV >= 2.5
 ORACLE_MARGIN_MM = 10.0         # VOI around each true lesion for the oracle-seeded 41 % baseline
+BODY_HU = -500.0                # PHYSICS.md Sec. 3: between air (-1000) and lung/fat: body outline
+BODY_SUV = 0.05                 # without CT or organ labels: SUV above this is body (real crops)
 
 
 def _gauss(arr: np.ndarray, sigma_mm: float, spacing_xyz) -> np.ndarray:
@@ -604,7 +617,8 @@ def evaluate_case(case: Path, fraction: int, sigma_mm: float, nets: dict, card: 
     organs = lut[np.clip(organs_raw, 0, len(lut) - 1)]
     les_inst = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
     les = les_inst > 0
-    ct_img = sitk.ReadImage(str(case / "ct.nii.gz"), sitk.sitkFloat32) if use_ct else None
+    ct_img = sitk.ReadImage(str(case / "ct.nii.gz"), sitk.sitkFloat32) \
+        if use_ct and (case / "ct.nii.gz").is_file() else None
     gauss = _gauss(low, sigma_mm, sp)
     t0 = time.monotonic()
     res = denoise_segment_image(low_img, ct_img, nets, card, params, keep_hc=True)
@@ -613,19 +627,26 @@ def evaluate_case(case: Path, fraction: int, sigma_mm: float, nets: dict, card: 
     model_hc = sitk.GetArrayFromImage(res["pet_hc"]).astype(np.float32)
     m_les = sitk.GetArrayFromImage(res["lesions"]) > 0
     m_org = sitk.GetArrayFromImage(res["organs"])
+    annotated = bool(info.get("organs_annotated", True))  # False: real PET, GTV only
     masks = {"lesion": les}
     for name in EVAL_CLASSES[1:]:
-        masks[name] = organs == ORGAN_CLASSES.index(name)
+        masks[name] = organs == ORGAN_CLASSES.index(name) if annotated else None
     nr = {}
     for method, img in (("input", low), ("gaussian", gauss), ("model", model),
                         ("model_diffusion_only", model_hc)):
         nr[method] = {"whole": _nrmse(ref, img)}
         for name, m in masks.items():
-            nr[method][name] = _nrmse(ref, img, m)
+            nr[method][name] = None if m is None else _nrmse(ref, img, m)
     dice = {"model": {"lesion": _dice(m_les, les)}}
     for name in EVAL_CLASSES[1:]:
-        dice["model"][name] = _dice(m_org == ORGAN_CLASSES.index(name), masks[name])
-    body = organs_raw > 0
+        dice["model"][name] = None if masks[name] is None else \
+            _dice(m_org == ORGAN_CLASSES.index(name), masks[name])
+    if annotated:
+        body = organs_raw > 0
+    elif ct_img is not None:
+        body = sitk.GetArrayFromImage(ct_img) > BODY_HU
+    else:
+        body = ref > BODY_SUV
     base25 = (gauss >= FIXED_SUV_THRESHOLD) & body
     base41 = oracle_41(gauss, les_inst, sp)
     dice["suv2.5_gaussian"] = {"lesion": _dice(base25, les)}
@@ -642,12 +663,17 @@ def evaluate_case(case: Path, fraction: int, sigma_mm: float, nets: dict, card: 
         quant[method] = {"mtv_ml": mtv, "tlg": tlg, "mtv_err_pct": _pct_err(mtv, gt_mtv),
                          "tlg_err_pct": _pct_err(tlg, gt_tlg)}
     organ_bias = {}
-    for name in ("liver", "aorta"):
+    for name in ("liver", "aorta") if annotated else ():
         k = ORGAN_CLASSES.index(name)
         gt_m, pr_m = organs == k, m_org == k
         if gt_m.any() and pr_m.any():
             organ_bias[name] = _pct_err(float(model[pr_m].mean()), float(ref[gt_m].mean()))
+    gtv_max = float(ref[les].max()) if les.any() else None
+    suvmax = {"truth": gtv_max,
+              "input": float(low[les].max()) if les.any() else None,
+              "model": float(model[les].max()) if les.any() else None}
     return {"case": case.name, "fraction": fraction, "seconds": round(seconds, 2), "nrmse": nr,
+            "suvmax_in_true_lesions": suvmax, "lesion_threshold": res["_info"]["lesion_threshold"],
             "dice": dice, "quant": quant, "organ_suvmean_bias_pct": organ_bias,
             "lesion_count": int(len(np.unique(les_inst)) - 1)}
 
@@ -675,6 +701,9 @@ def summarise(rows: list[dict], fractions: list[int]) -> dict:
                        for m in ("model", "suv2.5_gaussian", "oracle41_gaussian")}
         s["organ_suvmean_bias_pct"] = {o: _median_iqr([r["organ_suvmean_bias_pct"].get(o) for r in rs])
                                        for o in ("liver", "aorta")}
+        s["suvmax_error_pct"] = {m: _median_iqr([
+            _pct_err(r["suvmax_in_true_lesions"][m], r["suvmax_in_true_lesions"]["truth"])
+            for r in rs if r["suvmax_in_true_lesions"]["truth"]]) for m in ("input", "model")}
         s["seconds_per_volume"] = _mean_sd([r["seconds"] for r in rs])
         out[str(f)] = s
     return out
@@ -703,6 +732,8 @@ def format_table(summary: dict) -> str:
                          f"{e['tlg']['median']} {e['tlg']['iqr']}  R2 {s['tlg_r2'][m]}")
         for o, b in s["organ_suvmean_bias_pct"].items():
             lines.append(f"  {o} SUVmean bias % (model): median {b['median']} IQR {b['iqr']}")
+        for m, e in s["suvmax_error_pct"].items():
+            lines.append(f"  SUVmax in true lesions, {m} vs truth: median {e['median']} % IQR {e['iqr']}")
         lines.append(f"  seconds per volume: {s['seconds_per_volume']['mean']} "
                      f"(sd {s['seconds_per_volume']['sd']})")
     return "\n".join(lines)
@@ -714,6 +745,11 @@ def evaluate(args) -> int:
     from PETDiffusionLib.training.recipes.denoise_segment import list_cases
     cohort = Path(args.cohort)
     cases = list_cases(cohort)
+    split = getattr(args, "split", None)
+    if split:
+        cases = [c for c in cases if json.loads((c / "case.json").read_text()).get("split") == split]
+        if not cases:
+            raise InputError(f"no case with split {split!r}", cohort)
     if getattr(args, "max_cases", 0):
         cases = cases[:args.max_cases]
     fractions = [int(x) for x in str(getattr(args, "fractions", "10,5")).split(",") if x.strip()]
@@ -731,6 +767,7 @@ def evaluate(args) -> int:
     sigmas = tune_gaussian(tune, fractions)
     params = {"steps": int(getattr(args, "steps", 0) or 0),
               "start_fraction": float(getattr(args, "start_fraction", 0.0) or 0.0),
+              "lesion_threshold": float(getattr(args, "lesion_threshold", 0.0) or 0.0),
               "samples": 1, "seed": 0}
     use_ct = not getattr(args, "no_ct", False)
     rows = []
@@ -743,7 +780,8 @@ def evaluate(args) -> int:
             rows.append(r)
     summary = summarise(rows, fractions)
     result = {"task": SPEC.id, "model_id": card["id"], "model_version": card["version"],
-              "cohort": str(cohort), "cases": [c.name for c in cases], "ct_used": use_ct,
+              "cohort": str(cohort), "split": split, "cases": [c.name for c in cases],
+              "ct_used": use_ct, "lesion_threshold": rows[0]["lesion_threshold"] if rows else None,
               "gaussian_sigma_mm": {str(k): v for k, v in sigmas.items()},
               "tuned_on": [str(c) for c in tune], "parameters": params,
               "torch_threads": torch.get_num_threads(), "summary": summary, "per_case": rows}

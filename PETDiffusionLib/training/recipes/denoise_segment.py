@@ -94,6 +94,13 @@ class DenoiseSegmentConfig:
     segmenter: dict = field(default_factory=lambda: {"channels": [16, 32, 48, 64],
                                                      "encoder": "conv", "use_ct": True})
     segmenter_only: bool = False      # encoder comparison: train f_seg alone on the low-count input
+    # fine-tuning: start from a model folder's weights and mix in a second cohort (for example the
+    # real sarcoma PET of PETDiffusionLib.training.real_sts); "" / 0 = off
+    init_model: str = ""              # model folder (card.json + model.safetensors) to start from
+    extra_cohort: str = ""            # second cohort in the same layout
+    extra_split: str = "finetune"     # its cases whose case.json "split" equals this train
+    extra_fraction: float = 0.0       # probability that a training sample comes from it
+    fixed_lambda: float = -1.0        # >= 0: lambda_warm held at this value (no Eq. 11 warm-up)
     checkpoint_minutes: float = 3.0
     seed: int = 0
     threads: int = 1
@@ -101,6 +108,7 @@ class DenoiseSegmentConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "DenoiseSegmentConfig":
         known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if not k.startswith("_")}  # "_comment" keys document
         unknown = set(d) - known
         if unknown:
             raise InputError(f"unknown config key(s): {', '.join(sorted(unknown))}")
@@ -119,6 +127,7 @@ class CaseArrays:
     lesions: np.ndarray               # binary, uint8
     ct: np.ndarray | None             # HU, float16
     lesion_slices: np.ndarray
+    organs_annotated: bool = True     # False: the organ map is empty, not a label map (real PET)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -138,7 +147,31 @@ def load_case(case_dir: Path, fractions: list[int]) -> CaseArrays:
         name=case_dir.name, suv=_read(case_dir / "suv_true.nii.gz").astype(np.float32),
         low={f: _read(case_dir / f"pet_low_{f}.nii.gz").astype(np.float16) for f in fractions},
         organs=organs, lesions=lesions, ct=ct,
-        lesion_slices=np.nonzero(lesions.reshape(lesions.shape[0], -1).any(1))[0])
+        lesion_slices=np.nonzero(lesions.reshape(lesions.shape[0], -1).any(1))[0],
+        organs_annotated=bool(info.get("organs_annotated", True)))
+
+
+def pad_case(c: CaseArrays, size: int) -> CaseArrays:
+    """Pad a case in-plane to at least ``size`` x ``size`` (SUV 0, air in the CT, no labels), so
+    that crops of small real volumes stack with the phantom's."""
+    _, ny, nx = c.suv.shape
+    py, px = max(0, size - ny), max(0, size - nx)
+    if not py and not px:
+        return c
+    pads = ((0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
+    pad = lambda a, v=0: np.pad(a, pads, constant_values=v)  # noqa: E731
+    return CaseArrays(c.name, pad(c.suv), {f: pad(v) for f, v in c.low.items()}, pad(c.organs),
+                      pad(c.lesions), None if c.ct is None else pad(c.ct, -1000),
+                      c.lesion_slices, c.organs_annotated)
+
+
+def extra_case_dirs(cfg: "DenoiseSegmentConfig", split: str | None = None) -> list[Path]:
+    """The extra cohort's cases whose case.json ``split`` is ``split`` (default: the config's)."""
+    if not cfg.extra_cohort:
+        return []
+    want = split or cfg.extra_split
+    return [d for d in list_cases(cfg.extra_cohort)
+            if json.loads((d / "case.json").read_text()).get("split") == want]
 
 
 def case_index(d: Path) -> int:
@@ -170,14 +203,17 @@ def list_cases(cohort: str | Path) -> list[Path]:
 class SliceSampler:
     """Random 2.5D training samples (see module docstring)."""
 
-    def __init__(self, cases: list[CaseArrays], cfg: DenoiseSegmentConfig, seed: int):
+    def __init__(self, cases: list[CaseArrays], cfg: DenoiseSegmentConfig, seed: int,
+                 extra: list[CaseArrays] | None = None):
         self.cases, self.cfg = cases, cfg
+        self.extra = extra or []
         self.rng = np.random.default_rng(seed)
         self.k = int(cfg.denoiser.get("context", 1))
 
     def _one(self):
         cfg, rng, k = self.cfg, self.rng, self.k
-        c = self.cases[rng.integers(len(self.cases))]
+        pool = self.extra if self.extra and rng.random() < cfg.extra_fraction else self.cases
+        c = pool[rng.integers(len(pool))]
         frac = cfg.fractions[rng.integers(len(cfg.fractions))]
         z_n, y_n, x_n = c.suv.shape
         on_lesion = len(c.lesion_slices) and rng.random() < cfg.lesion_slice_fraction
@@ -199,7 +235,7 @@ class SliceSampler:
         if rng.random() < 0.5:  # left-right flip
             out = [a[..., ::-1] for a in out]
             ct = None if ct is None else ct[..., ::-1]
-        return out, ct
+        return out, ct, c.organs_annotated
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
         items = [self._one() for _ in range(n)]
@@ -209,12 +245,13 @@ class SliceSampler:
         lesions = torch.from_numpy(np.stack([it[0][3] for it in items]).astype(np.int64))
         ct = torch.zeros_like(suv)
         has_ct = torch.zeros(n)
-        for i, (_, c) in enumerate(items):
+        for i, (_, c, _) in enumerate(items):
             if c is not None:
                 ct[i, 0] = torch.from_numpy(c.copy())
                 has_ct[i] = 1
+        annotated = torch.tensor([it[2] for it in items], dtype=torch.bool)
         return {"low": low, "suv": suv, "organs": organs, "lesions": lesions, "ct": ct,
-                "has_ct": has_ct}
+                "has_ct": has_ct, "organs_annotated": annotated}
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +298,8 @@ def amdiff_loss(batch: dict, networks: dict[str, nn.Module], diffusion: Conditio
     if cfg.segmenter_only:
         les_logits, org_logits = seg(seg_input_from_batch(u_lc, u_lc, batch, use_ct))
         l_seg = segmentation_loss(les_logits, org_logits, batch["lesions"], batch["organs"],
-                                  cfg.lesion_class_weights, cfg.organ_class_weights)
+                                  cfg.lesion_class_weights, cfg.organ_class_weights,
+                                  batch.get("organs_annotated"))
         return l_seg, {"seg": float(l_seg.detach())}
     b = x0.shape[0]
     T = diffusion.num_train_timesteps
@@ -285,8 +323,10 @@ def amdiff_loss(batch: dict, networks: dict[str, nn.Module], diffusion: Conditio
                                   cfg.background_weight)     # Eq. 7
             sub = {kk: v[sel] for kk, v in batch.items()}
             les_logits, org_logits = seg(seg_input_from_batch(u_hcr, u_lc[sel], sub, use_ct))
+            ann = batch.get("organs_annotated")
             l_seg = segmentation_loss(les_logits, org_logits, les, org,
-                                      cfg.lesion_class_weights, cfg.organ_class_weights)
+                                      cfg.lesion_class_weights, cfg.organ_class_weights,
+                                      None if ann is None else ann[sel])
             loss = loss + lam * (l_lor + l_rev + l_seg)
             logs.update(lor=float(l_lor.detach()), rev=float(l_rev.detach()), seg=float(l_seg.detach()))
     logs["lambda"] = lam
@@ -318,8 +358,24 @@ def train(config: dict, args=None) -> int:
     cases = [load_case(d, cfg.fractions) for d in train_dirs]
     log.info("loaded %d training cases in %.0f s: %s", len(cases), time.time() - t_load,
              ", ".join(d.name for d in train_dirs))
-    sampler = SliceSampler(cases, cfg, cfg.seed)
+    cases = [pad_case(c, cfg.patch) for c in cases]
+    extra = [pad_case(load_case(d, cfg.fractions), cfg.patch) for d in extra_case_dirs(cfg)]
+    if cfg.extra_cohort:
+        if not extra:
+            raise InputError(f"no cases with split {cfg.extra_split!r}", cfg.extra_cohort)
+        log.info("extra cohort: %d cases (%s), drawn with probability %.2f", len(extra),
+                 ", ".join(c.name for c in extra), cfg.extra_fraction)
+    sampler = SliceSampler(cases, cfg, cfg.seed, extra)
     nets = build_networks(cfg)
+    if cfg.init_model and not (run / "checkpoint.pt").is_file():
+        from PETDiffusionLib.models.registry import load_model_folder
+        start, start_card = load_model_folder(cfg.init_model)
+        if start_card.get("task") != "denoise-segment":
+            raise InputError("init_model is not a denoise-segment model", cfg.init_model)
+        for k in nets:
+            nets[k].load_state_dict(start[k].state_dict())
+        log.info("initialised from %s (%s %s)", cfg.init_model, start_card.get("id"),
+                 start_card.get("version"))
     import copy
     ema = {k: copy.deepcopy(v).eval() for k, v in nets.items()}
     params_den = list(nets["denoiser"].parameters())
@@ -363,6 +419,8 @@ def train(config: dict, args=None) -> int:
         lam = lambda_warm(progress, 1.0, cfg.e_t_fraction)
         if cfg.segmenter_only:
             lam = 1.0
+        elif cfg.fixed_lambda >= 0:
+            lam = cfg.fixed_lambda
         batch = sampler.batch(cfg.batch)
         loss, logs = amdiff_loss(batch, nets, diffusion, norm, cfg, lam)
         opt.zero_grad(set_to_none=True)
@@ -386,7 +444,7 @@ def train(config: dict, args=None) -> int:
             have = {c.name for c in cases}
             for d in training_case_dirs(cfg):
                 if d.name not in have:
-                    cases.append(load_case(d, cfg.fractions))
+                    cases.append(pad_case(load_case(d, cfg.fractions), cfg.patch))
                     log.info("added training case %s at step %d (%d cases)", d.name, step,
                              len(cases))
             history.append({"step": step, "cases": len(cases)})
@@ -571,6 +629,61 @@ def real_check(model: str | Path, data_dir: str | Path, cases=("STS_001", "STS_0
     return rows
 
 
+CALIBRATION_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 ... 0.90
+
+
+def calibrate_lesion_threshold(model: str | Path, cohort: str | Path, case_indices: list[int],
+                               fractions=(10, 5), thresholds=CALIBRATION_THRESHOLDS,
+                               write_card: bool = False) -> dict:
+    """Choose the lesion-probability threshold on validation cases (never training or held-out
+    cases): the value with the highest mean lesion Dice over cases and count levels. The MTV error
+    at each threshold is reported beside it. With ``write_card`` the value goes into the model
+    card's ``inference.lesion_threshold`` (the weights, and so their sha256, are unchanged)."""
+    from PETDiffusionLib.io.atomic import atomic_write_text
+    from PETDiffusionLib.models.registry import load_model_folder
+    from PETDiffusionLib.tasks.denoise_segment import denoise_segment_image, lesion_mask_from_prob
+    nets, card = load_model_folder(model)
+    dirs = [d for d in list_cases(cohort) if case_index(d) in case_indices]
+    if not dirs:
+        raise InputError(f"none of the cases {case_indices} exists", cohort)
+    runs = []
+    for d in dirs:
+        ref_img = sitk.ReadImage(str(d / "suv_true.nii.gz"))
+        vox_ml = float(np.prod(ref_img.GetSpacing())) / 1000.0
+        les = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lesions.nii.gz"))) > 0
+        ct = sitk.ReadImage(str(d / "ct.nii.gz"), sitk.sitkFloat32) \
+            if (d / "ct.nii.gz").is_file() else None
+        for f in fractions:
+            low = sitk.ReadImage(str(d / f"pet_low_{f}.nii.gz"), sitk.sitkFloat32)
+            res = denoise_segment_image(low, ct, nets, card, {}, keep_hc=True)
+            prob = sitk.GetArrayFromImage(res["lesion_prob"])
+            runs.append((d.name, f, prob, les, vox_ml))
+    table = []
+    for thr in thresholds:
+        dice, mtv_err = [], []
+        for _, _, prob, les, vox_ml in runs:
+            m = lesion_mask_from_prob(prob, thr, 0.2, vox_ml) > 0
+            tot = int(m.sum() + les.sum())
+            if tot:
+                dice.append(2.0 * float(np.logical_and(m, les).sum()) / tot)
+            if les.any():
+                mtv_err.append(100.0 * (float(m.sum()) - float(les.sum())) / float(les.sum()))
+        table.append({"threshold": thr, "mean_dice": round(float(np.mean(dice)), 4),
+                      "median_mtv_error_pct": round(float(np.median(mtv_err)), 1)})
+        log.info("%s", table[-1])
+    best = max(table, key=lambda r: r["mean_dice"])
+    result = {"model": str(model), "cohort": str(cohort), "cases": [d.name for d in dirs],
+              "fractions": list(fractions), "rule": "highest mean lesion Dice", "table": table,
+              "chosen": best}
+    if write_card:
+        card_path = Path(model) / "card.json"
+        full = json.loads(card_path.read_text())
+        full.setdefault("inference", {})["lesion_threshold"] = best["threshold"]
+        full["lesion_threshold_calibration"] = result
+        atomic_write_text(card_path, json.dumps(full, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m PETDiffusionLib.training.recipes.denoise_segment train|export ...``."""
     import argparse
@@ -595,6 +708,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--steps", default="1,2,4,8,16,32")
     c.add_argument("--png", default=None)
     c.add_argument("--json", default=None)
+    k = sub.add_parser("calibrate-lesions")
+    k.add_argument("--model", required=True)
+    k.add_argument("--cohort", default="cohorts/train")
+    k.add_argument("--cases", default="0,1")
+    k.add_argument("--fractions", default="10,5")
+    k.add_argument("--write-card", action="store_true")
+    k.add_argument("--json", default=None)
+    rc = sub.add_parser("real-cohort", help="low-count versions of the real sarcoma PET")
+    rc.add_argument("--data", default="../shared/data/petct_sts_more")
+    rc.add_argument("--out", default="cohorts/sts_real")
+    rc.add_argument("--seed", type=int, default=7)
     r = sub.add_parser("real-check")
     r.add_argument("--model", required=True)
     r.add_argument("--data", default="../shared/data/petct_sts/nifti")
@@ -607,8 +731,20 @@ def main(argv: list[str] | None = None) -> int:
             k, v = kv.split("=", 1)
             cfg[k] = json.loads(v)
         return train(cfg)
-    if args.cmd in ("steps-curve", "real-check"):
-        if args.cmd == "steps-curve":
+    if args.cmd == "real-cohort":
+        from PETDiffusionLib.training.real_sts import build_cohort
+        infos = build_cohort(args.data, args.out, seed=args.seed)
+        log.info("%d cases (%d validation, %d with CT) in %s", len(infos),
+                 sum(i["split"] == "validation" for i in infos), sum(i["ct"] for i in infos),
+                 args.out)
+        return 0
+    if args.cmd in ("steps-curve", "real-check", "calibrate-lesions"):
+        if args.cmd == "calibrate-lesions":
+            res = calibrate_lesion_threshold(args.model, args.cohort,
+                                             [int(x) for x in args.cases.split(",")],
+                                             tuple(int(x) for x in args.fractions.split(",")),
+                                             write_card=args.write_card)
+        elif args.cmd == "steps-curve":
             res = steps_curve(args.model, args.cohort, [int(x) for x in args.cases.split(",")],
                               args.fraction, args.slices,
                               tuple(int(x) for x in args.steps.split(",")), png=args.png)
