@@ -214,3 +214,27 @@ def test_evaluation_of_a_real_cohort_skips_organ_scores(tmp_path, capsys):
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cohort" / "case_0001" /
                                                       "suv_true.nii.gz")))
     assert row["suvmax_in_true_lesions"]["truth"] == pytest.approx(float(truth.max()))
+
+
+def test_shipped_real_finetuned_model_loads_and_its_card_states_data_split_and_figures():
+    from PETDiffusionLib.tasks import denoise_segment as ds
+    nets, card = ds.load_model("amdiff-sts-2p5d", "cpu")   # sha256 checked on load
+    assert card["task"] == "denoise-segment" and "not for diagnosis" in card["intended_use"]
+    assert card["preprocessing"]["spacing_mm"] == [4.0, 4.0, 5.0]
+    cfg = card["training"]["config"]
+    assert cfg["extra_cohort"] and cfg["extra_split"] == "finetune" and cfg["init_model"]
+    assert "STS_001" in card["training"]["fine_tuning_real_data"]
+    real = card["evaluation_real"]
+    assert real["settings"]["split"] == "validation"
+    assert not set(real["settings"]["cases"]) & {"case_0001", "case_0002"}
+    for f in ("10", "5"):
+        assert real["summary"][f]["dice"]["model"]["lesion"]["mean"] is not None
+    # it is the task's default model, and both shipped AMDiff models carry a lesion threshold
+    # calibrated on the phantom validation cases
+    _, default = ds.load_model(None, "cpu")
+    assert default["id"] == ds.MODEL_ID == "amdiff-sts-2p5d"
+    for mid in ("amdiff-sts-2p5d", "amdiff-phantom-2p5d"):
+        _, c = ds.load_model(mid, "cpu")
+        cal = c["lesion_threshold_calibration"]
+        assert c["inference"]["lesion_threshold"] == cal["chosen"]["threshold"]
+        assert cal["cases"] == ["case_0000", "case_0001"]

@@ -38,7 +38,7 @@ from PETDiffusionLib.tasks.base import ImageInput, Output, Parameter, RunContext
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = "amdiff-phantom-2p5d"
+MODEL_ID = "amdiff-sts-2p5d"   # fine-tuned on real PET; "amdiff-phantom-2p5d" is its phantom-only stage 1
 
 # Range checks that tell a PET in SUV from a CT or from Bq/mL (PHYSICS.md Sec. 1 and 5: FDG SUVs
 # lie in 0-~50, bladder up to 50, tumours up to ~24, "occasionally exceeding 200", AMDiff

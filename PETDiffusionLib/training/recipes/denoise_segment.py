@@ -629,7 +629,7 @@ def real_check(model: str | Path, data_dir: str | Path, cases=("STS_001", "STS_0
     return rows
 
 
-CALIBRATION_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 ... 0.90
+CALIBRATION_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 ... 0.95
 
 
 def calibrate_lesion_threshold(model: str | Path, cohort: str | Path, case_indices: list[int],
