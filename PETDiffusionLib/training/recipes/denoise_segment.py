@@ -200,6 +200,14 @@ def list_cases(cohort: str | Path) -> list[Path]:
     return cases
 
 
+def cases_by_index(cohort: str | Path, case_indices) -> list[Path]:
+    """The cohort's ``case_XXXX`` folders with the given indices; InputError if there is none."""
+    dirs = [d for d in list_cases(cohort) if case_index(d) in set(case_indices)]
+    if not dirs:
+        raise InputError(f"none of the cases {sorted(case_indices)} exists", cohort)
+    return dirs
+
+
 class SliceSampler:
     """Random 2.5D training samples (see module docstring)."""
 
@@ -537,9 +545,7 @@ def steps_curve(model: str | Path, cohort: str | Path, case_indices: list[int], 
     from PETDiffusionLib.models.registry import load_model_folder
     from PETDiffusionLib.tasks.denoise_segment import _nrmse, denoise_segment_arrays
     nets, card = load_model_folder(model)
-    dirs = [d for d in list_cases(cohort) if case_index(d) in case_indices]
-    if not dirs:
-        raise InputError(f"none of the cases {case_indices} exists", cohort)
+    dirs = cases_by_index(cohort, case_indices)
     data = []
     for d in dirs:
         c = load_case(d, [fraction])
@@ -643,9 +649,7 @@ def calibrate_lesion_threshold(model: str | Path, cohort: str | Path, case_indic
     from PETDiffusionLib.models.registry import load_model_folder
     from PETDiffusionLib.tasks.denoise_segment import denoise_segment_image, lesion_mask_from_prob
     nets, card = load_model_folder(model)
-    dirs = [d for d in list_cases(cohort) if case_index(d) in case_indices]
-    if not dirs:
-        raise InputError(f"none of the cases {case_indices} exists", cohort)
+    dirs = cases_by_index(cohort, case_indices)
     runs = []
     for d in dirs:
         ref_img = sitk.ReadImage(str(d / "suv_true.nii.gz"))
