@@ -4,7 +4,6 @@ Thin Slicer face over ``PETDiffusionLib`` task ``ct-to-pet``, which runs in a se
 (PETDiffusionSlicer.runner). Research use only; every output is labelled synthetic.
 """
 
-import logging
 import os
 from typing import Annotated, Optional, Union
 
@@ -13,12 +12,12 @@ import slicer
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
+                                           ScriptedLoadableModuleTest)
 
-from PETDiffusionSlicer import dependencies, display
+from PETDiffusionSlicer import display
 from PETDiffusionSlicer.logic import TaskLogic
 from PETDiffusionSlicer.resources import resource_path
+from PETDiffusionSlicer.widget import TaskWidget
 
 TASK_ID = "ct-to-pet"
 
@@ -73,153 +72,30 @@ class CTtoPETSynthesisParameterNode:
 #
 # Widget: GUI wiring only
 #
-class CTtoPETSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None
-        self._timer = None
+class CTtoPETSynthesisWidget(TaskWidget):
+    ui_file = "UI/CTtoPETSynthesis.ui"
+    title = "CT to PET Synthesis"
+    input_field = "inputCT"
+    result_buttons = ("exportButton", "compareButton")
+    tooltip_running = "Cancel the running synthesis"
+    tooltip_ready = "Synthesize PET from the CT"
+    tooltip_missing = "Select a CT volume"
+
+    def createLogic(self):
+        return CTtoPETSynthesisLogic()
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(resource_path("UI/CTtoPETSynthesis.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = CTtoPETSynthesisLogic()
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        TaskWidget.setup(self)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onPollTimer)
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self._finishRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputCT:
-            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if node:
-                self._parameterNode.inputCT = node
-
-    def setParameterNode(self, inputParameterNode: Optional[CTtoPETSynthesisParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        running = self._run is not None and self._run.state == "running"
-        ready = bool(self._parameterNode and self._parameterNode.inputCT)
-        self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.toolTip = ("Cancel the running synthesis" if running else
-                                       "Synthesize PET from the CT" if ready else "Select a CT volume")
-
-    def onApplyButton(self) -> None:
-        if self._run is not None and self._run.state == "running":
-            self._run.cancel()
-            self._finishRun()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start CT to PET synthesis.", waitCursor=True):
-            if not dependencies.ensure_dependencies("CT to PET Synthesis"):
-                self.ui.statusLabel.text = "The required Python packages are not installed."
-                return
-            self.ui.statusLabel.text = "Starting..."
-            self._run = self.logic.processParameterNode(self._parameterNode, on_progress=self.onProgress,
-                                                        on_log=self.onLog)
-            self.ui.applyButton.text = "Cancel"
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.visible = True
-            self.ui.exportButton.enabled = False
-            self.ui.compareButton.enabled = False
-            self._timer.start()
-            self._checkCanApply()
-
-    def onPollTimer(self) -> None:
-        if self._run is None or self._run.poll():
-            self._finishRun()
-
-    def onProgress(self, fraction: float, stage: str, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = f"{stage}: {message}" if message else stage
-
-    def onLog(self, level: str, message: str) -> None:
-        logging.getLogger(__name__).log(logging.WARNING if level == "warning" else logging.INFO, message)
-        if level in ("warning", "error"):
-            self.ui.statusLabel.text = message
-
-    def _finishRun(self) -> None:
-        self._timer.stop()
-        self.ui.applyButton.text = "Apply"
-        self.ui.progressBar.visible = False
-        run = self._run
-        if run is not None and run.state == "completed":
-            self.logic.showResults(run)
-            seconds = (run.manifest or {}).get("seconds")
-            self.ui.statusLabel.text = (f"Done ({seconds} s). Synthetic PET: "
-                                        f"{run.output_nodes.get('pet_synthetic').GetName() if run.output_nodes.get('pet_synthetic') else '-'}")
-            self.ui.exportButton.enabled = True
-            self.ui.compareButton.enabled = True
-        elif run is not None and run.state == "failed":
-            self.ui.statusLabel.text = f"Failed: {run.error}"
-            slicer.util.errorDisplay(run.error, windowTitle="CT to PET Synthesis")
-        elif run is not None and run.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled."
-        self._checkCanApply()
-
-    def onExportButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export report to folder")
-        if not folder:
-            return
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            files = self.logic.exportReport(self._run, folder)
-            self.ui.statusLabel.text = f"Exported {len(files)} file(s) to {folder}"
+    def doneText(self, run) -> str:
+        node = run.output_nodes.get("pet_synthetic")
+        return f"Synthetic PET: {node.GetName() if node else '-'}"
 
     def onCompareButton(self) -> None:
         if self._run is None or self._run.state != "completed":
             return
         self.logic.showCompare(self._run, self._parameterNode.referencePET)
-
-
-def vtk_modified_event():
-    import vtk
-    return vtk.vtkCommand.ModifiedEvent
-
 
 #
 # Logic: usable without the widget (Python console, tests)

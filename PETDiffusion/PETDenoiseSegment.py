@@ -4,7 +4,6 @@ Thin Slicer face over ``PETDiffusionLib`` task ``denoise-segment`` (AMDiff), whi
 process (PETDiffusionSlicer.runner). Research use only.
 """
 
-import logging
 import os
 from typing import Annotated, Optional
 
@@ -13,12 +12,11 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
+                                           ScriptedLoadableModuleTest)
 
-from PETDiffusionSlicer import dependencies
 from PETDiffusionSlicer.logic import TaskLogic
 from PETDiffusionSlicer.resources import resource_path
+from PETDiffusionSlicer.widget import TaskWidget
 
 TASK_ID = "denoise-segment"
 
@@ -77,145 +75,18 @@ class PETDenoiseSegmentParameterNode:
 #
 # Widget: GUI wiring only
 #
-class PETDenoiseSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None
-        self._timer = None
+class PETDenoiseSegmentWidget(TaskWidget):
+    ui_file = "UI/PETDenoiseSegment.ui"
+    title = "PET Denoise and Segment"
+    input_field = "inputPET"
+    tooltip_ready = "Denoise the PET and segment lesions and organs"
+    tooltip_missing = "Select a low-count PET volume"
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(resource_path("UI/PETDenoiseSegment.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = PETDenoiseSegmentLogic()
+    def createLogic(self):
+        return PETDenoiseSegmentLogic()
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
-
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onPollTimer)
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self._finishRun()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputPET:
-            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if node:
-                self._parameterNode.inputPET = node
-
-    def setParameterNode(self, inputParameterNode: Optional[PETDenoiseSegmentParameterNode]) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk_modified_event(), self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        running = self._run is not None and self._run.state == "running"
-        ready = bool(self._parameterNode and self._parameterNode.inputPET)
-        self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.toolTip = ("Cancel the running task" if running else
-                                       "Denoise the PET and segment lesions and organs" if ready
-                                       else "Select a low-count PET volume")
-
-    def onApplyButton(self) -> None:
-        if self._run is not None and self._run.state == "running":
-            self._run.cancel()
-            self._finishRun()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start PET denoising and segmentation.", waitCursor=True):
-            if not dependencies.ensure_dependencies("PET Denoise and Segment"):
-                self.ui.statusLabel.text = "The required Python packages are not installed."
-                return
-            self.ui.statusLabel.text = "Starting..."
-            self._run = self.logic.processParameterNode(self._parameterNode, on_progress=self.onProgress,
-                                                        on_log=self.onLog)
-            self.ui.applyButton.text = "Cancel"
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.visible = True
-            self.ui.exportButton.enabled = False
-            self._timer.start()
-            self._checkCanApply()
-
-    def onPollTimer(self) -> None:
-        if self._run is None or self._run.poll():
-            self._finishRun()
-
-    def onProgress(self, fraction: float, stage: str, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = f"{stage}: {message}" if message else stage
-
-    def onLog(self, level: str, message: str) -> None:
-        logging.getLogger(__name__).log(logging.WARNING if level == "warning" else logging.INFO, message)
-        if level in ("warning", "error"):
-            self.ui.statusLabel.text = message
-
-    def _finishRun(self) -> None:
-        self._timer.stop()
-        self.ui.applyButton.text = "Apply"
-        self.ui.progressBar.visible = False
-        run = self._run
-        if run is not None and run.state == "completed":
-            self.logic.showResults(run)
-            seconds = (run.manifest or {}).get("seconds")
-            self.ui.statusLabel.text = f"Done ({seconds} s). {self.logic.summaryText(run)}"
-            self.ui.exportButton.enabled = True
-        elif run is not None and run.state == "failed":
-            self.ui.statusLabel.text = f"Failed: {run.error}"
-            slicer.util.errorDisplay(run.error, windowTitle="PET Denoise and Segment")
-        elif run is not None and run.state == "cancelled":
-            self.ui.statusLabel.text = "Cancelled."
-        self._checkCanApply()
-
-    def onExportButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export report to folder")
-        if not folder:
-            return
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            files = self.logic.exportReport(self._run, folder)
-            self.ui.statusLabel.text = f"Exported {len(files)} file(s) to {folder}"
-
-
-def vtk_modified_event():
-    import vtk
-    return vtk.vtkCommand.ModifiedEvent
-
+    def doneText(self, run) -> str:
+        return self.logic.summaryText(run)
 
 #
 # Logic: usable without the widget (Python console, tests)

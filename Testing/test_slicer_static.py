@@ -65,10 +65,19 @@ def test_module_has_the_four_classes(name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_every_widget_the_code_references_exists_in_the_ui(name):
-    referenced = set(re.findall(r"self\.ui\.(\w+)", module_source(name)))
-    assert referenced, "the Widget code references no widgets"
+    """Both the module's Widget and the shared TaskWidget base (PETDiffusionSlicer/widget.py, with
+    the module's result_buttons) may only name widgets that the module's .ui file has."""
+    source = module_source(name)
+    shared = (ROOT / "PETDiffusion" / "PETDiffusionSlicer" / "widget.py").read_text(encoding="utf-8")
+    assert re.search(rf"class {name}Widget\(TaskWidget\)", source), "the Widget derives from TaskWidget"
+    referenced = set(re.findall(r"self\.ui\.(\w+)", source + shared))
+    m = re.search(r"result_buttons = \(([^)]*)\)", source) or re.search(r"result_buttons = \(([^)]*)\)", shared)
+    referenced |= set(re.findall(r'"(\w+)"', m.group(1)))
+    assert {"applyButton", "statusLabel", "progressBar", "exportButton"} <= referenced
     missing = referenced - ui_widget_names(name)
-    assert not missing, f"{name}.py references widgets not in {name}.ui: {sorted(missing)}"
+    assert not missing, f"{name}.py / widget.py reference widgets not in {name}.ui: {sorted(missing)}"
+    ui_file = re.search(r'ui_file = "([^"]+)"', source).group(1)
+    assert (ROOT / "Resources" / ui_file).is_file() and ui_file == f"UI/{name}.ui"
 
 
 @pytest.mark.parametrize("name", MODULES)
