@@ -5,7 +5,7 @@ Thin Slicer face over ``PETDiffusionLib`` task ``ct-to-pet``, which runs in a se
 """
 
 import os
-from typing import Annotated, Optional, Union
+from typing import Annotated, Union
 
 import qt
 import slicer
@@ -16,7 +16,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 
 from PETDiffusionSlicer import display
 from PETDiffusionSlicer.logic import TaskLogic
-from PETDiffusionSlicer.resources import resource_path
+from PETDiffusionSlicer.resources import icon_path
 from PETDiffusionSlicer.widget import TaskWidget
 
 TASK_ID = "ct-to-pet"
@@ -39,16 +39,9 @@ class CTtoPETSynthesis(ScriptedLoadableModule):
             "review CT | reference PET | synthetic PET side by side. Research use only, not for diagnosis.")
         self.parent.acknowledgementText = (
             "Method: Li et al., CPDM (CT-to-PET diffusion). Built on 3D Slicer, MONAI and PyTorch.")
-        icon = _icon_path()
+        icon = icon_path("CTtoPETSynthesis")
         if icon:
             self.parent.icon = qt.QIcon(icon)
-
-
-def _icon_path() -> Optional[str]:
-    try:
-        return resource_path("Icons/CTtoPETSynthesis.png")
-    except FileNotFoundError:
-        return None
 
 
 #

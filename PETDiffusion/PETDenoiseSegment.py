@@ -5,7 +5,7 @@ process (PETDiffusionSlicer.runner). Research use only.
 """
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import slicer
@@ -15,7 +15,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest)
 
 from PETDiffusionSlicer.logic import TaskLogic
-from PETDiffusionSlicer.resources import resource_path
+from PETDiffusionSlicer.resources import icon_path
 from PETDiffusionSlicer.widget import TaskWidget
 
 TASK_ID = "denoise-segment"
@@ -40,16 +40,9 @@ class PETDenoiseSegment(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Method: AMDiff (anatomically and metabolically informed diffusion for PET denoising and lesion "
             "segmentation). Built on 3D Slicer, MONAI and PyTorch.")
-        icon = _icon_path()
+        icon = icon_path("PETDenoiseSegment")
         if icon:
             self.parent.icon = qt.QIcon(icon)
-
-
-def _icon_path() -> Optional[str]:
-    try:
-        return resource_path("Icons/PETDenoiseSegment.png")
-    except FileNotFoundError:
-        return None
 
 
 #

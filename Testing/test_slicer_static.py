@@ -182,3 +182,13 @@ def test_every_bound_widget_has_a_connector_for_its_field_type(name):
             assert choice and base in ("int", "float", "str", "bool"), f"{field}: a QComboBox needs a Choice annotation"
         else:
             assert widget_class in CONNECTABLE.get(base, set()), f"{field}: {base} cannot bind to {widget_class}"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_icon_is_found_by_the_resources_helper(name):
+    import sys
+    sys.path.insert(0, str(ROOT / "PETDiffusion"))
+    from PETDiffusionSlicer.resources import icon_path
+    assert icon_path(name) == str(ROOT / "Resources" / "Icons" / f"{name}.png")
+    assert f'icon_path("{name}")' in module_source(name)
+    assert icon_path("NoSuchModule") is None

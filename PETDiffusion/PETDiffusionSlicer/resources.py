@@ -22,6 +22,14 @@ def resource_path(relative: str) -> str:
                             f"(looked in {', '.join(str(r) for r in _CANDIDATE_ROOTS)})")
 
 
+def icon_path(module_name: str) -> str | None:
+    """``Resources/Icons/<module_name>.png`` if it is there (a module then shows its icon), else None."""
+    try:
+        return resource_path(f"Icons/{module_name}.png")
+    except FileNotFoundError:
+        return None
+
+
 def library_root() -> Path | None:
     """The folder that holds the PETDiffusionLib package, when it ships beside the modules."""
     for root in _CANDIDATE_ROOTS:
