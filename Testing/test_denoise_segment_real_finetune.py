@@ -144,7 +144,6 @@ def test_fine_tuning_starts_from_the_model_folder(tmp_path):
     """init_model: step 0 of a fine-tune holds the given model's weights (checked via export of a
     0-minute run, which saves the networks it started with)."""
     from PETDiffusionLib.models.registry import load_model_folder
-    tiny = TINY
     nets, start = _tiny_folder(tmp_path / "start")
     cohort = tmp_path / "cohort" / "case_0000"
     cohort.mkdir(parents=True)
@@ -154,7 +153,7 @@ def test_fine_tuning_starts_from_the_model_folder(tmp_path):
                                                else arr.astype(np.uint8)),
                         str(cohort / f"{name}.nii.gz"))
     (cohort / "case.json").write_text(json.dumps({"organ_labels": {"1": "liver"}}))
-    config = {**tiny, "cohort": str(tmp_path / "cohort"), "run_dir": str(tmp_path / "run"),
+    config = {**TINY, "cohort": str(tmp_path / "cohort"), "run_dir": str(tmp_path / "run"),
               "fractions": [5], "val_cases": 0, "minutes": 0.0, "patch": 16, "batch": 2,
               "init_model": str(start), "rescan_minutes": 0}
     assert recipe.train(config) == 0

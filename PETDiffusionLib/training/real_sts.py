@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.io.images import resample_to, resample_to_spacing, write_image
+from PETDiffusionLib.io.images import array_and_image, resample_to_spacing, write_image
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +104,13 @@ def build_case(src: Path, dst: Path, index: int, fractions, seed: int) -> dict:
     write_image(work, dst / "suv_true.nii.gz", units="SUVbw", synthetic=False,
                 description=f"real PET {src.name} on the working grid")
     for f, arr in lows.items():
-        img = sitk.GetImageFromArray(arr)
-        img.CopyInformation(work)
-        write_image(img, dst / f"pet_low_{f}.nii.gz", units="SUVbw", synthetic=True,
+        write_image(array_and_image(arr, work), dst / f"pet_low_{f}.nii.gz", units="SUVbw", synthetic=True,
                     description=f"simulated {f}% counts from real PET {src.name}")
     for name, arr in (("lesions", les), ("organs", np.zeros_like(les))):
-        img = sitk.GetImageFromArray(arr)
-        img.CopyInformation(work)
-        write_image(img, dst / f"{name}.nii.gz")
+        write_image(array_and_image(arr, work), dst / f"{name}.nii.gz")
     if ct is not None:
-        img = sitk.GetImageFromArray(ct.astype(np.float32))
-        img.CopyInformation(work)
-        write_image(img, dst / "ct.nii.gz", units="HU", synthetic=False)
+        write_image(array_and_image(ct.astype(np.float32), work), dst / "ct.nii.gz", units="HU",
+                    synthetic=False)
     info = {"synthetic": False, "source": str(src), "source_id": src.name, "index": index,
             "split": split_of(src.name), "organs_annotated": False, "organ_labels": {},
             "lesion_source": "expert GTV (PET_mask.nii.gz)", "ct": ct is not None,

@@ -101,7 +101,7 @@ def _real_pair_arrays(case_dir: Path, spacing, size: int) -> tuple[np.ndarray, n
     The PET is resampled onto the CT; CT voxels outside the PET's extent become air, so that the
     pair never shows tissue without a PET value."""
     import SimpleITK as sitk
-    from PETDiffusionLib.io.images import read_image, resample_to
+    from PETDiffusionLib.io.images import array_and_image, read_image, resample_to
     ct = read_image(case_dir / "CT_image.nii.gz")
     pet_img = read_image(case_dir / "PET_image.nii.gz")
     pet = resample_to(pet_img, ct, default_value=0.0)
@@ -109,18 +109,11 @@ def _real_pair_arrays(case_dir: Path, spacing, size: int) -> tuple[np.ndarray, n
     ones.CopyInformation(pet_img)
     inside = sitk.GetArrayFromImage(resample_to(ones, ct, is_label=True)) > 0.5
     ct_a = np.where(inside, sitk.GetArrayFromImage(ct).astype(np.float32), cpdm.CT_HU_MIN)
-    ct = _with_array(ct, ct_a)
+    ct = array_and_image(ct_a.astype(np.float32), ct)
     ct_w = cpdm.to_working_array(ct, spacing, default=cpdm.CT_HU_MIN)
     pet_w = cpdm.to_working_array(pet, spacing)
     return (cpdm.crop_or_pad(ct_w, size, cpdm.CT_HU_MIN),
             np.maximum(cpdm.crop_or_pad(pet_w, size, 0.0), 0.0))
-
-
-def _with_array(img, arr: np.ndarray):
-    import SimpleITK as sitk
-    out = sitk.GetImageFromArray(arr.astype(np.float32))
-    out.CopyInformation(img)
-    return out
 
 
 def prepare_real(cfg: dict, run_dir: Path) -> Path:
