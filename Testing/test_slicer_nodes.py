@@ -256,23 +256,69 @@ def make_views(scene):
     return layout_logic, layout, slice_logics
 
 
-def test_compare_layout_shows_ct_reference_and_synthetic_pet_side_by_side_linked(scene):
+def slice_view_state(scene) -> dict:
+    """view -> (orientation, label) of the Red, Yellow and Green slice nodes."""
+    return {v: (display.slice_node(scene, v).GetOrientationString(), display.slice_node(scene, v).GetLayoutLabel())
+            for v in display.COMPARE_VIEWS}
+
+
+def test_four_up_views_are_axial_sagittal_coronal_before_the_compare_layout(scene):
+    """The starting point desktop Slicer gives: the four-up layout made the views first."""
+    make_views(scene)
+    assert slice_view_state(scene) == {"Red": ("Axial", "R"), "Yellow": ("Sagittal", "Y"), "Green": ("Coronal", "G")}
+
+
+def test_compare_layout_description_alone_turns_existing_views_axial_and_labels_them(scene):
+    """The layout XML itself (as the layout logic applies it to views that already exist), without
+    the explicit settings show_compare_layout adds."""
+    layout_logic, layout, _ = make_views(scene)   # the layout logic must live: it applies the XML
+    layout.AddLayoutDescription(display.COMPARE_LAYOUT_ID, display.COMPARE_LAYOUT_XML)
+    layout.SetViewArrangement(display.COMPARE_LAYOUT_ID)
+    assert slice_view_state(scene) == {"Red": ("Axial", "CT"), "Yellow": ("Axial", "PET"), "Green": ("Axial", "sPET")}
+    yellow = display.slice_node(scene, "Yellow")
+    assert yellow.GetLayoutColor() == pytest.approx((0xED / 255, 0xD5 / 255, 0x4C / 255))
+
+
+def test_compare_layout_shows_ct_reference_and_synthetic_pet_axial_side_by_side_linked_and_fitted(scene):
     views = make_views(scene)
     layout = views[1]
-    one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
-    ct = nodes.volume_node_from_image(one, "CT", units="HU")
-    ref = nodes.volume_node_from_image(one, "PET", units="SUVbw")
-    syn = nodes.volume_node_from_image(one, "pet synthetic", units="SUVbw", synthetic=True)
+    z, y, x = np.mgrid[0:10, 0:40, 0:60]
+    img = sitk.GetImageFromArray(np.where((y - 20) ** 2 + (x - 30) ** 2 < 15 ** 2, 40, -1000).astype(np.float32))
+    img.SetSpacing((2.0, 2.0, 3.0))
+    ct = nodes.volume_node_from_image(img, "CT", units="HU")
+    ref = nodes.volume_node_from_image(img, "PET", units="SUVbw")
+    syn = nodes.volume_node_from_image(img, "pet synthetic", units="SUVbw", synthetic=True)
     display.show_compare_layout(ct, ref, syn)
     assert layout.GetViewArrangement() == display.COMPARE_LAYOUT_ID
-    assert "vtkMRMLSliceNode" in layout.GetLayoutDescription(display.COMPARE_LAYOUT_ID)
+    assert slice_view_state(scene) == {"Red": ("Axial", "CT"), "Yellow": ("Axial", "PET"), "Green": ("Axial", "sPET")}
     shown = {}
     for view in display.COMPARE_VIEWS:
         composite = display.slice_composite_node(scene, view)
         assert composite is not None and composite.GetLinkedControl()
+        assert composite.GetForegroundVolumeID() is None
         shown[view] = composite.GetBackgroundVolumeID()
     assert shown == {"Red": ct.GetID(), "Yellow": ref.GetID(), "Green": syn.GetID()}
     assert syn.GetDisplayNode().GetColorNodeID() == display.PET_COLOR_NODE_ID
+    assert ct.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
+    # fitted: the CT's 120 mm x 80 mm axial extent fills the view's width or height, and the three
+    # views show the same field of view and slice (linked)
+    fov = [display.slice_node(scene, v).GetFieldOfView() for v in display.COMPARE_VIEWS]
+    assert fov[0][0] == pytest.approx(120.0, rel=0.02) or fov[0][1] == pytest.approx(80.0, rel=0.02)
+    assert fov[0] == fov[1] == fov[2]
+    offsets = {display.slice_node(scene, v).GetSliceOffset() for v in display.COMPARE_VIEWS}
+    assert len(offsets) == 1
+
+
+def test_compare_layout_clicked_again_after_a_view_was_turned_sagittal_puts_it_back(scene):
+    make_views(scene)
+    one = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    ct = nodes.volume_node_from_image(one, "CT", units="HU")
+    syn = nodes.volume_node_from_image(one, "pet synthetic", units="SUVbw", synthetic=True)
+    display.show_compare_layout(ct, None, syn)
+    display.slice_node(scene, "Green").SetOrientation("Sagittal")
+    display.show_compare_layout(ct, None, syn)
+    assert slice_view_state(scene)["Green"] == ("Axial", "sPET")
+    assert display.slice_composite_node(scene, "Yellow").GetBackgroundVolumeID() is None
 
 
 def test_pet_is_fused_over_ct_in_every_slice_view(scene):

@@ -17,22 +17,25 @@ PET_OVER_CT_OPACITY = 0.5
 # A custom layout id, above Slicer's built-in ones (vtkMRMLLayoutNode SlicerLayout* < 1000).
 COMPARE_LAYOUT_ID = 71001
 COMPARE_VIEWS = ("Red", "Yellow", "Green")   # CT | reference PET | synthetic PET
-COMPARE_LAYOUT_XML = """
-<layout type="horizontal">
- <item><view class="vtkMRMLSliceNode" singletontag="Red">
-  <property name="orientation" action="default">Axial</property>
-  <property name="viewlabel" action="default">CT</property>
-  <property name="viewcolor" action="default">#F34A33</property></view></item>
- <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
-  <property name="orientation" action="default">Axial</property>
-  <property name="viewlabel" action="default">PET</property>
-  <property name="viewcolor" action="default">#EDD54C</property></view></item>
- <item><view class="vtkMRMLSliceNode" singletontag="Green">
-  <property name="orientation" action="default">Axial</property>
-  <property name="viewlabel" action="default">sPET</property>
-  <property name="viewcolor" action="default">#6EB04B</property></view></item>
-</layout>
-"""
+COMPARE_LABELS = {"Red": "CT", "Yellow": "PET", "Green": "sPET"}
+COMPARE_COLORS = {"Red": "#F34A33", "Yellow": "#EDD54C", "Green": "#6EB04B"}   # Slicer's view colours
+COMPARE_ORIENTATION = "Axial"
+
+
+def _compare_view_xml(view: str) -> str:
+    # vtkMRMLLayoutLogic::CreateMissingViews applies action="default" properties only to the views it
+    # creates, and action="relayout" ones to views that already exist (Slicer's Red/Yellow/Green
+    # always do, sagittal and coronal in the four-up layout): each property is given with both.
+    props = (("orientation", COMPARE_ORIENTATION), ("viewlabel", COMPARE_LABELS[view]),
+             ("viewcolor", COMPARE_COLORS[view]))
+    lines = [f'  <property name="{name}" action="{action}">{value}</property>'
+             for name, value in props for action in ("default", "relayout")]
+    return (f' <item><view class="vtkMRMLSliceNode" singletontag="{view}">\n' + "\n".join(lines)
+            + "</view></item>")
+
+
+COMPARE_LAYOUT_XML = ('<layout type="horizontal">\n' + "\n".join(_compare_view_xml(v) for v in COMPARE_VIEWS)
+                      + "\n</layout>\n")
 
 
 def has_views() -> bool:
@@ -92,10 +95,12 @@ def fuse_pet_over_ct(pet_node, ct_node=None) -> None:
 
 
 def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None:
-    """CT | reference PET | synthetic PET side by side, slices linked.
+    """CT | reference PET | synthetic PET side by side: Red, Yellow and Green, all axial, labelled
+    CT, PET, sPET, slices linked (one position, zoom and pan for the three) and fitted to the CT.
 
-    MRML only (layout node, slice composite nodes), so it also works on a scene whose views are
-    made by other means; in desktop Slicer the layout manager follows the layout node.
+    MRML only (layout node, slice and slice composite nodes, slice logics), so it works on the
+    application's views and on views made by other means (tests, trame); the layout manager of
+    desktop Slicer follows the layout node.
     """
     show_ct(ct_node)
     for pet in (reference_pet_node, synthetic_pet_node):
@@ -107,8 +112,17 @@ def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None
     if layout is not None:
         if not layout.IsLayoutDescription(COMPARE_LAYOUT_ID):
             layout.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
+        else:
+            layout.SetLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT_XML)
         layout.SetViewArrangement(COMPARE_LAYOUT_ID)
     for view, volume in zip(COMPARE_VIEWS, (ct_node, reference_pet_node, synthetic_pet_node)):
+        # The layout XML sets these when the arrangement changes; set them here too, so that a second
+        # click (arrangement unchanged, no relayout) or a view turned sagittal by hand is put right.
+        node = slice_node(scene, view)
+        if node is not None:
+            node.SetOrientation(COMPARE_ORIENTATION)
+            node.SetLayoutLabel(COMPARE_LABELS[view])
+            node.SetLayoutColor(*_rgb(COMPARE_COLORS[view]))
         composite = slice_composite_node(scene, view)
         if composite is None:
             continue
@@ -116,11 +130,53 @@ def show_compare_layout(ct_node, reference_pet_node, synthetic_pet_node) -> None
         composite.SetForegroundVolumeID(None)
         composite.SetLabelVolumeID(None)
         composite.SetLinkedControl(True)   # one slice position, zoom and pan for all three
+    fit_linked_views(scene, COMPARE_VIEWS)
+
+
+def _rgb(hex_colour: str) -> tuple[float, float, float]:
+    h = hex_colour.lstrip("#")
+    return tuple(int(h[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+
+
+def slice_node(scene, view: str):
+    """The slice node of a view (Red, Yellow, Green), or None."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        if node.GetLayoutName() == view:
+            return node
+    return None
+
+
+def view_slice_logics(scene, views=COMPARE_VIEWS) -> dict:
+    """The slice logic of each view that has one: the slice widgets' in desktop Slicer, else the ones
+    :func:`headless_slice_logics` made for this scene (none when nobody made views)."""
     if has_views():
-        for view in COMPARE_VIEWS:
+        if hasattr(slicer.app, "processEvents"):
+            slicer.app.processEvents()   # let the layout manager build and size the new views
+        out = {}
+        for view in views:
             widget = slicer.app.layoutManager().sliceWidget(view)
             if widget is not None:
-                widget.sliceLogic().FitSliceToAll()
+                out[view] = widget.sliceLogic()
+        return out
+    cache = getattr(scene, "_petdiffusion_slice_logics", {})
+    return {view: cache[view] for view in views if view in cache}
+
+
+def fit_linked_views(scene, views=COMPARE_VIEWS) -> None:
+    """Fit the first view to its volumes, then give the others its field of view and position (what
+    linked views show: the same slice, zoom and pan)."""
+    logics = view_slice_logics(scene, views)
+    if not logics:
+        return
+    first = next(iter(logics.values()))
+    first.FitSliceToAll()
+    ref = first.GetSliceNode()
+    for logic in list(logics.values())[1:]:
+        node = logic.GetSliceNode()
+        node.SetFieldOfView(*ref.GetFieldOfView())
+        node.GetSliceToRAS().DeepCopy(ref.GetSliceToRAS())
+        node.UpdateMatrices()
 
 
 def slice_composite_node(scene, view: str):
@@ -149,14 +205,15 @@ def show_results(output_nodes: dict, input_nodes: dict) -> None:
         fuse_pet_over_ct(sorted(pets, key=lambda t: t[:2])[0][2], ct)
 
 
-def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation: str = "Axial",
+def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation: str | None = None,
                        match_view: str | None = "Red") -> list:
     """RGB arrays (size x size x 3, uint8) of what Slicer's slice pipeline shows in ``views``: the
     slice logics reslice and blend each view's layers with their colour maps and windows. Works
     without the application (slicer-core), for reports and documentation figures; in desktop Slicer
     use the views themselves (ScreenCapture) instead.
 
-    All views take ``match_view``'s field of view and position (as linked views do).
+    Each view keeps the orientation its slice node has (what the layout set) unless ``orientation``
+    is given. All views take ``match_view``'s field of view and position (as linked views do).
     """
     import numpy as np
     from vtk.util.numpy_support import vtk_to_numpy
@@ -164,15 +221,16 @@ def render_slice_views(scene, views=COMPARE_VIEWS, size: int = 256, orientation:
     logics = {}
     for view, logic in headless_slice_logics(scene, views).items():
         node = logic.GetSliceNode()
-        node.SetOrientation(orientation)
+        if orientation:
+            node.SetOrientation(orientation)
         node.SetDimensions(size, size, 1)
         logic.FitSliceToAll()
         logics[view] = logic
     if match_view in logics:
         ref = logics[match_view].GetSliceNode()
         for view, logic in logics.items():
-            if view != match_view:
-                node = logic.GetSliceNode()
+            node = logic.GetSliceNode()
+            if view != match_view and node.GetOrientationString() == ref.GetOrientationString():
                 node.SetFieldOfView(*ref.GetFieldOfView())
                 node.GetSliceToRAS().DeepCopy(ref.GetSliceToRAS())
                 node.UpdateMatrices()
