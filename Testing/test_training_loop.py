@@ -108,3 +108,101 @@ def test_training_reduces_the_loss(tmp_path):
     t.config.max_steps, t.config.ckpt_every, t.config.val_every = 30, 0, 0
     last = t.fit()["loss"]
     assert last < first
+
+
+# ------------------------------------------------------------------ batch functions, steps, stages
+from PETDiffusionLib.errors import InputError  # noqa: E402
+from PETDiffusionLib.training.loop import Stage, StepInfo, TrainOptions, run_stages  # noqa: E402
+
+
+def batch_fn(step, rng):
+    """Random 8x8 pairs drawn from the step's own generator (as the recipes draw slices)."""
+    low = torch.from_numpy(rng.random((2, 1, 8, 8)).astype("float32"))
+    return {"pet_low": low, "pet": 2 * low}
+
+
+def make_fn_trainer(run_dir, max_steps, seen=None, **cfg):
+    torch.manual_seed(0)
+    net = build_network(NET)
+
+    def loss_fn(batch, nets, info: StepInfo):
+        if seen is not None:
+            seen.append((info.step, round(info.progress, 4), float(batch["pet_low"].sum())))
+        x = torch.cat([batch["pet_low"], batch["pet_low"]], 1)
+        pred = nets["denoiser"](x)
+        noise = torch.randn(pred.shape, generator=info.generator)
+        return (pred - batch["pet"] + 0 * noise).abs().mean(), {}
+    conf = TrainConfig(lr=1e-2, max_steps=max_steps, ckpt_every=2, progress_bar=False, seed=3, **cfg)
+    return Trainer(conf, {"denoiser": net}, loss_fn, batch_fn, run_dir=run_dir)
+
+
+def test_a_batch_function_sees_the_same_data_per_step_with_or_without_a_resume(tmp_path):
+    seen_a = []
+    a = make_fn_trainer(tmp_path / "a", 4, seen_a, min_lr_ratio=1.0)  # constant lr: a 2-step run
+    a.fit()                                                            # is a prefix of a 4-step one
+    b = make_fn_trainer(tmp_path / "b", 2, min_lr_ratio=1.0)
+    b.fit()
+    seen_b = []
+    b2 = make_fn_trainer(tmp_path / "b", 4, seen_b, min_lr_ratio=1.0)
+    b2.fit(resume=True)
+    assert [s[0] for s in seen_a] == [0, 1, 2, 3]
+    assert seen_b == seen_a[2:]                      # steps 2 and 3: same progress, same data
+    assert seen_a[1][1] == 0.25                      # progress = step / max_steps
+    for k, v in a.networks["denoiser"].state_dict().items():
+        assert torch.allclose(v, b2.networks["denoiser"].state_dict()[k], atol=1e-6), k
+
+
+def test_a_run_folder_with_a_checkpoint_needs_resume(tmp_path):
+    make_fn_trainer(tmp_path / "r", 2).fit()
+    with pytest.raises(InputError, match="--resume"):
+        make_fn_trainer(tmp_path / "r", 4).fit()
+
+
+def test_per_network_learning_rates_and_frozen_networks(tmp_path):
+    nets = {"a": build_network(NET), "b": build_network(NET), "c": build_network(NET)}
+    frozen_before = nets["c"].weight.clone()
+
+    def loss_fn(batch, n):
+        x = torch.cat([batch["pet_low"]] * 2, 1)
+        return sum(n[k](x).abs().mean() for k in ("a", "b", "c")), {}
+    conf = TrainConfig(lr=1e-3, lr_per_network={"b": 5e-2}, frozen=["c"], max_steps=2,
+                       progress_bar=False, warmup=0, min_lr_ratio=1.0)
+    t = Trainer(conf, nets, loss_fn, batch_fn, run_dir=tmp_path / "g")
+    assert {g["name"]: g["lr"] for g in t.optimizer.param_groups} == {"a": 1e-3, "b": 5e-2}
+    t.fit()
+    assert torch.equal(t.networks["c"].weight, frozen_before)
+    with pytest.raises(ValueError, match="unknown networks"):
+        Trainer(TrainConfig(frozen=["z"], progress_bar=False), nets, loss_fn, batch_fn,
+                run_dir=tmp_path / "h")
+
+
+def test_the_minute_limit_stops_at_a_checkpoint_that_resume_continues(tmp_path):
+    t = make_fn_trainer(tmp_path / "m", 50, max_minutes=1e-9)
+    t.fit()
+    assert t.step == 0 and (tmp_path / "m" / "checkpoint" / "state.pt").is_file()
+    t2 = make_fn_trainer(tmp_path / "m", 3)
+    t2.fit(resume=True)
+    assert t2.step == 3
+
+
+def test_stages_run_once_in_their_own_folders_and_only_reruns_the_chosen(tmp_path):
+    calls = []
+
+    def make(name, value):
+        def run(folder):
+            calls.append(name)
+            assert folder == tmp_path / "run" / name.replace(":", "_")
+            return {"value": value}
+        return Stage(name, run)
+    stages = [make("prepare", 1), make("bridge:cpdm", 2)]
+    out = run_stages(tmp_path / "run", stages)
+    assert out["bridge:cpdm"]["value"] == 2 and calls == ["prepare", "bridge:cpdm"]
+    assert json.loads((tmp_path / "run" / "bridge_cpdm" / "summary.json").read_text())["value"] == 2
+    run_stages(tmp_path / "run", stages)
+    assert calls == ["prepare", "bridge:cpdm"]          # both done: skipped
+    run_stages(tmp_path / "run", stages, only=["bridge:cpdm"])
+    assert calls[-1] == "bridge:cpdm" and len(calls) == 3
+    with pytest.raises(InputError, match="unknown stage"):
+        run_stages(tmp_path / "run", stages, only=["nope"])
+    assert TrainOptions("configs/x.json", stages=["bridge:cpdm"]).command("ct-to-pet") == \
+        "petdiffusion train ct-to-pet --config configs/x.json --stage bridge:cpdm"

@@ -11,6 +11,18 @@ Checkpoint layout in ``run_dir/checkpoint/`` (written atomically as a whole fold
     state.pt              optimizer, LR scheduler, grad scaler, step and RNG states; our own file,
                           read back with ``torch.load(weights_only=True)`` (no pickled code)
 ``run_dir/metrics.jsonl`` gets one JSON line per logged step and per validation.
+
+Data: a DataLoader / re-iterable of batches, a ``Dataset`` (the Trainer builds the DataLoader), or a
+batch function ``batch_fn(step, rng) -> batch`` called once per micro-step with a numpy Generator
+seeded from (seed, rank, step, micro-step): the data of a step does not depend on whether the run was
+resumed, and differs per DDP rank. Recipes that draw random slices or patches use the latter.
+
+Loss: ``loss_fn(batch, networks)`` or ``loss_fn(batch, networks, info)`` with ``info`` a
+:class:`StepInfo` (step, max_steps, progress = step / max_steps, and generators seeded by step), so
+warm-ups such as AMDiff's lambda_warm are keyed to steps, never to wall-clock time.
+
+Multi-network recipes (CPDM: autoencoder, attention, latents, bridge) run as :class:`Stage` s through
+:func:`run_stages`: one folder per stage, a stage is done when its ``summary.json`` exists.
 """
 from __future__ import annotations
 
@@ -23,9 +35,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+import inspect
 from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -33,13 +48,29 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from PETDiffusionLib.device import autocast, choose_device
+from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import staging_dir
 from PETDiffusionLib.models.registry import save_model_folder, state_dict_of
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[Any, dict[str, nn.Module]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 ValFn = Callable[[dict[str, nn.Module], int], dict[str, float]]
+BatchFn = Callable[[int, np.random.Generator], Any]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a three-argument ``loss_fn(batch, networks, info)`` learns about the current step."""
+    step: int                      # 0-based index of the optimizer step being taken
+    max_steps: int
+    generator: torch.Generator     # seeded from (seed, rank, step): noise draws replay on resume
+    rng: np.random.Generator
+
+    @property
+    def progress(self) -> float:
+        """step / max_steps in [0, 1): the training progress e / e_max of warm-up schedules."""
+        return self.step / max(1, self.max_steps)
 
 
 @dataclass
@@ -66,6 +97,9 @@ class TrainConfig:
     amp: bool = True               # autocast on CUDA only (bf16 where supported, else fp16)
     device: str = "auto"
     progress_bar: bool = True
+    lr_per_network: dict[str, float] = field(default_factory=dict)  # one parameter group each
+    frozen: list[str] = field(default_factory=list)  # networks kept in eval mode, not trained
+    max_minutes: float = 0.0       # 0: no limit; else checkpoint and stop (resume continues)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -126,6 +160,11 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         self.networks = {k: v.to(device) for k, v in networks.items()}
+        unknown = (set(config.frozen) | set(config.lr_per_network)) - set(self.networks)
+        if unknown:
+            raise ValueError(f"frozen / lr_per_network name unknown networks {sorted(unknown)}")
+        for name in config.frozen:
+            self.networks[name].eval().requires_grad_(False)
         self.trained = {}
         for name, net in self.networks.items():
             trainable = any(p.requires_grad for p in net.parameters())
@@ -137,11 +176,17 @@ class Trainer:
                 self.trained[name] = net
         # after DDP has broadcast rank 0's weights, so that every rank's EMA starts the same
         self.ema = {k: copy.deepcopy(v).eval().requires_grad_(False) for k, v in self.networks.items()}
-        params = [p for n in self.networks.values() for p in n.parameters() if p.requires_grad]
-        if not params:
+        groups = []
+        for name, net in self.networks.items():
+            ps = [p for p in net.parameters() if p.requires_grad]
+            if ps:
+                groups.append({"params": ps, "lr": float(config.lr_per_network.get(name, config.lr)),
+                               "name": name})
+        if not groups:
             raise ValueError("none of the networks has trainable parameters")
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas,
+        self.params = [p for g in groups for p in g["params"]]
+        # AdamW with weight_decay 0 is Adam (Kingma & Ba 2015), the optimiser of AMDiff and CPDM
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.max_steps,
@@ -150,11 +195,16 @@ class Trainer:
         fp16 = self.use_amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.step = 0
+        self._loss_takes_info = _positional_arity(loss_fn) >= 3
         self.loader = self._make_loader(train_loader)
         self._epoch, self._batch_in_epoch = 0, 0
 
     # ----------------------------------------------------------------------------- data
     def _make_loader(self, data):
+        if callable(data) and not isinstance(data, (torch.utils.data.Dataset,
+                                                    torch.utils.data.DataLoader)) \
+                and not hasattr(data, "__iter__"):
+            return data  # a batch function batch_fn(step, rng)
         if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
             sampler = None
             if self.distributed:
@@ -167,9 +217,17 @@ class Trainer:
                                                generator=g)
         return data
 
+    def _step_rng(self, micro: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, self.rank, self.step, micro])
+
     def _batches(self) -> Iterator:
         """Endless batches; each epoch's order depends only on (seed, epoch), and a resumed run
         skips the batches its epoch had already used, so resuming replays the same data."""
+        if callable(self.loader) and not hasattr(self.loader, "__iter__"):
+            micro = 0
+            while True:  # a batch function: the batch of (step, micro-step) is fixed by its seed
+                yield self.loader(self.step, self._step_rng(micro))
+                micro = (micro + 1) % max(1, self.config.grad_accum)
         while True:
             sampler = getattr(self.loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
@@ -204,6 +262,9 @@ class Trainer:
         cfg = self.config
         if resume:
             self.load_checkpoint()
+        elif self.step == 0 and (self.checkpoint_dir / "state.pt").is_file():
+            raise InputError("the run folder already holds a checkpoint: pass --resume to "
+                             "continue it, or choose another --run-dir", self.run_dir)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         batches = self._batches()
@@ -216,6 +277,10 @@ class Trainer:
         t0 = time.monotonic()
         try:
             while self.step < cfg.max_steps:
+                if cfg.max_minutes and time.monotonic() - t0 > 60.0 * cfg.max_minutes:
+                    log.warning("stopping at step %d after the %.0f-minute limit; resume continues",
+                                self.step, cfg.max_minutes)
+                    break
                 logs = self._optimizer_step(batches)
                 self.step += 1
                 if bar is not None:
@@ -228,7 +293,7 @@ class Trainer:
                     self.validate()
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
                     self.save_checkpoint()
-            if self.val_fn is not None:
+            if self.val_fn is not None and self.step >= cfg.max_steps:
                 logs.update(self.validate())
             self.save_checkpoint()
         finally:
@@ -238,8 +303,8 @@ class Trainer:
 
     def _optimizer_step(self, batches: Iterator) -> dict[str, float]:
         cfg = self.config
-        for net in self.trained.values():
-            net.train()
+        for name, net in self.trained.items():
+            net.train(name not in cfg.frozen)
         self.optimizer.zero_grad(set_to_none=True)
         total, sums = 0.0, {}
         for micro in range(cfg.grad_accum):
@@ -251,7 +316,10 @@ class Trainer:
                         if hasattr(net, "no_sync"):
                             stack.enter_context(net.no_sync())
                 with autocast(self.device) if self.use_amp else contextlib.nullcontext():
-                    loss, logs = self.loss_fn(batch, self.trained)
+                    if self._loss_takes_info:
+                        loss, logs = self.loss_fn(batch, self.trained, self._step_info(micro))
+                    else:
+                        loss, logs = self.loss_fn(batch, self.trained)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
             for k, v in (logs or {}).items():
@@ -264,6 +332,13 @@ class Trainer:
         self.scheduler.step()
         self._update_ema()
         return {"loss": total, "lr": self.optimizer.param_groups[0]["lr"], **sums}
+
+    def _step_info(self, micro: int) -> StepInfo:
+        seed = int(np.random.default_rng([self.config.seed, self.rank, self.step, micro, 1])
+                   .integers(2 ** 62))
+        gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
+        gen.manual_seed(seed)
+        return StepInfo(self.step, self.config.max_steps, gen, self._step_rng(1000 + micro))
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -356,3 +431,89 @@ class Trainer:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False
+
+
+def _positional_arity(fn: Callable) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+# ------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``petdiffusion train <task> --config F [--resume] [--device D] [--stage S] [--run-dir R]``
+    hands to a recipe's ``train(config, options)``."""
+    config_path: str = ""
+    resume: bool = False
+    device: str | None = None
+    stages: list[str] | None = None
+    run_dir: str | None = None
+
+    def command(self, task: str) -> str:
+        """The reproduction command a model card cites."""
+        cmd = f"petdiffusion train {task} --config {self.config_path}"
+        if self.stages:
+            cmd += f" --stage {','.join(self.stages)}"
+        return cmd
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a multi-network recipe: ``run(stage_dir) -> summary`` (a training stage builds its
+    own Trainer with ``run_dir=stage_dir``; data preparation and export are stages too)."""
+    name: str
+    run: Callable[[Path], dict]
+
+
+def stage_dir(run_dir: str | os.PathLike, name: str) -> Path:
+    return Path(run_dir) / name.replace(":", "_")
+
+
+def stage_done(run_dir: str | os.PathLike, name: str) -> bool:
+    return (stage_dir(run_dir, name) / "summary.json").is_file()
+
+
+def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
+               only: list[str] | None = None) -> dict[str, dict]:
+    """Run the stages in order, each in ``run_dir/<name>/``; returns {name: summary}.
+
+    Without ``only``, a stage whose ``summary.json`` exists is skipped (its summary is read back), so
+    calling again continues an interrupted recipe; ``only`` runs exactly the named stages (again, if
+    they were done). A stage's summary is written atomically when it returns. Whether an unfinished
+    training stage resumes its checkpoint is the stage's own choice (``Trainer.fit(resume=...)``,
+    from ``TrainOptions.resume``).
+    """
+    names = [s.name for s in stages]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise InputError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
+    out: dict[str, dict] = {}
+    for st in stages:
+        folder = stage_dir(run_dir, st.name)
+        summary_path = folder / "summary.json"
+        if only is not None and st.name not in only:
+            if summary_path.is_file():
+                out[st.name] = json.loads(summary_path.read_text())
+            continue
+        if only is None and summary_path.is_file():
+            out[st.name] = json.loads(summary_path.read_text())
+            log.info("stage %s: done before (%s), skipped", st.name, summary_path)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        summary = dict(st.run(folder) or {})
+        summary.setdefault("seconds", round(time.monotonic() - t0, 1))
+        if distributed_env()[0] == 0:
+            tmp = summary_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(summary, indent=2, default=str))
+            os.replace(tmp, summary_path)
+        out[st.name] = summary
+        log.info("stage %s finished in %.1f s", st.name, summary["seconds"])
+    return out
