@@ -1,20 +1,22 @@
-"""What every clinical task declares: its inputs, parameters and outputs (ARCHITECTURE.md).
+"""What every clinical task declares: its inputs, parameters and outputs (docs/ARCHITECTURE.md).
 
-The CLI subcommand (``petdiffusion run <task>``), the Slicer panel's parameter node and the report
-all read this one spec. A task module defines ``SPEC: TaskSpec`` and
-``run(inputs, params, ctx) -> dict[str, Path]`` (output name -> file written in ``ctx.out_dir``).
+The CLI subcommand (``petdiffusion run <task>``), the Slicer panel's parameter node, the batch
+runner and the report all read this one spec. A task package ``tasks/<task>/`` defines
+``SPEC: TaskSpec`` in ``spec.py``, which imports nothing heavier than this module (no torch, so that
+``petdiffusion spec`` and ``--help`` answer at once), and its pipeline in ``pipeline.py``.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.progress import Progress
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class TaskSpec:
     parameters: tuple[Parameter, ...]
     outputs: tuple[Output, ...]
     model_id: str | None = None
+    slicer_module: str | None = None  # PETDiffusion/<name>.py, Resources/UI/<name>.ui, Icons/<name>.png
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -94,6 +97,7 @@ class TaskSpec:
             return d
         return {"id": self.id, "title": self.title, "paper": self.paper,
                 "description": self.description, "model_id": self.model_id,
+                "slicer_module": self.slicer_module,
                 "inputs": [conv(i) for i in self.inputs],
                 "parameters": [conv(p) for p in self.parameters],
                 "outputs": [conv(o) for o in self.outputs]}
@@ -104,7 +108,8 @@ class RunContext:
     """What a task's run() gets besides its images and parameters."""
     out_dir: Path                  # staging folder: write outputs here (moved into place on success)
     progress: Progress
-    device: torch.device
+    device: "torch.device"
     model_path: Path | None = None # a user's own model folder; None = the shipped model
+    model: Any = None              # a model already loaded by pipeline.load_model (batch workers)
     input_paths: dict[str, str] = field(default_factory=dict)
     manifest_extra: dict = field(default_factory=dict)  # model id/version, label names, notes...
