@@ -82,6 +82,10 @@ class TaskSpec:
     outputs: tuple[Output, ...]
     model_id: str | None = None
     slicer_module: str | None = None  # PETDiffusion/<name>.py, Resources/UI/<name>.ui, Icons/<name>.png
+    # Headline figures for a cohort's summary.csv (``petdiffusion batch``), read from a finished
+    # study's files: "OUTPUT:FIELD" (a JSON output's field), "OUTPUT:ROW:COLUMN" (a CSV output's
+    # row whose first column is ROW) or "manifest:FIELD"; see PETDiffusionLib/batch/headline.py.
+    headline: tuple[str, ...] = ()
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -97,7 +101,7 @@ class TaskSpec:
             return d
         return {"id": self.id, "title": self.title, "paper": self.paper,
                 "description": self.description, "model_id": self.model_id,
-                "slicer_module": self.slicer_module,
+                "slicer_module": self.slicer_module, "headline": list(self.headline),
                 "inputs": [conv(i) for i in self.inputs],
                 "parameters": [conv(p) for p in self.parameters],
                 "outputs": [conv(o) for o in self.outputs]}
