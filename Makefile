@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q Testing
 
 bench: $(STAMP)
-	$(VENV)/bin/petdiffusion bench all
+	$(VENV)/bin/petdiffusion bench all --json bench.json
 
 clean:
 	rm -rf $(VENV) demo_out
