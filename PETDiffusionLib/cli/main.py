@@ -17,7 +17,7 @@ from PETDiffusionLib.errors import Cancelled, PETDiffusionError
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "run", "inspect", "suv", "quantify", "report", "phantom", "evaluate",
-            "train", "bench", "spec", "models"]
+            "train", "batch", "bench", "spec", "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:
