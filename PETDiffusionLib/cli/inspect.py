@@ -24,7 +24,7 @@ def _inspect(args) -> int:
             suv = "no: missing " + ", ".join(s.suv_missing)
         spacing = "x".join(f"{v:.3g}" for v in s.spacing) if s.spacing else "?"
         rows.append((s.modality, s.description or "(none)", str(s.n_slices),
-                     "x".join(str(v) for v in s.size), spacing, suv, "; ".join(s.problems)))
+                     "x".join(str(v) for v in s.size), spacing, suv, "; ".join(s.problems + s.warnings)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + ("  " + r[-1] if r[-1] else ""))

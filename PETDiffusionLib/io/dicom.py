@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from PETDiffusionLib.errors import InputError
-from PETDiffusionLib.io.images import set_units
+from PETDiffusionLib.io.checks import SUV_MAX_PLAUSIBLE
+from PETDiffusionLib.io.metadata import add_warning, set_units
 from PETDiffusionLib.physics.suv import SUVFactor, SUVOverrides, required_tags_missing, suv_factor
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ SHEAR_TOL_MM = 0.01
 GAP_FACTOR = 1.5
 # Steps may differ by this fraction of the spacing (DS rounding, table-position jitter).
 SPACING_REL_TOL = 0.02
+# Steps that differ from their mean by up to this fraction are read onto a regular grid (linear
+# interpolation between the neighbouring slices along the normal) with a warning; scanners write
+# such series (GE Discovery ST whole-body PET: 3.19-3.29 mm steps, ../shared/data/petwb_sts001) and
+# Slicer loads them with a warning. Beyond it the series is refused (issue 19, docs/PHYSICS.md §1).
+IRREGULAR_REL_TOL = 0.05
 
 # PET Units (0054,1001) -> units of the modality values (before SUV conversion).
 PET_UNITS = {"BQML": "Bq/mL", "CNTS": "counts", "GML": "SUV (g/mL)", "CM2ML": "SUVbsa (cm2/mL)",
@@ -66,6 +72,7 @@ class SeriesInfo:
     suv_ok: bool | None  # None for non-PET series
     suv_missing: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # gaps, duplicates, mixed orientations
+    warnings: list[str] = field(default_factory=list)  # e.g. irregular steps read by resampling
     folder: Path | None = None
     headers: list[Dataset] = field(default_factory=list, repr=False)  # sorted like files
 
@@ -137,7 +144,15 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     n_files = 0
     no_uid: set[str] = set()
-    for root, _dirs, names in os.walk(folder):
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        # follow symlinked sub-folders (a folder of links to series), but each real folder once
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
         for name in sorted(names):
             path = Path(root) / name
             n_files += 1
@@ -173,6 +188,25 @@ class _Geometry:
     size: tuple[int, int, int]
     slice_index: list[int]  # output z index of each sorted slice (differs from 0..n-1 with gaps)
     problems: list[str]
+    # set when the steps are irregular within IRREGULAR_REL_TOL: the sorted slice positions (mm
+    # along the normal) to interpolate from onto the regular grid of `spacing`
+    resample_from: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _floats(ds: Dataset, keyword: str, path: Path, n: int | None = None) -> list[float]:
+    """A multi-valued numeric tag as finite floats, or InputError naming the file and the tag."""
+    value = ds.get(keyword)
+    values = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") \
+        else list(value)
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        out = []
+    if not out or (n is not None and len(out) != n) or not all(np.isfinite(out)):
+        raise InputError(f"{keyword} {value!r} is malformed (expected {n or 'some'} finite "
+                         "numbers): the slice geometry is unknown", path)
+    return out
 
 
 def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
@@ -185,13 +219,13 @@ def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
         if "ImageOrientationPatient" not in d or "ImagePositionPatient" not in d:
             raise InputError("DICOM image lacks ImagePositionPatient/ImageOrientationPatient "
                              "(0020,0032/0037): no geometry", p)
-    iops = np.array([[float(v) for v in d.ImageOrientationPatient] for _, d in items])
+    iops = np.array([_floats(d, "ImageOrientationPatient", p, 6) for p, d in items])
     if np.any(np.abs(iops - iops[0]) > ORIENTATION_TOL):
         n_distinct = len({tuple(np.round(i, 3)) for i in iops})
         problems.append(f"mixed orientations: {n_distinct} different ImageOrientationPatient values")
     row, col = iops[0][:3], iops[0][3:]
     normal = np.cross(row, col)
-    ipps = np.array([[float(v) for v in d.ImagePositionPatient] for _, d in items])
+    ipps = np.array([_floats(d, "ImagePositionPatient", p, 3) for p, d in items])
     proj = ipps @ normal
     order = list(np.argsort(proj, kind="stable"))
     pos = proj[order]
@@ -202,7 +236,10 @@ def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
     if len(items) > 1 and float(np.abs(in_plane).max()) > SHEAR_TOL_MM:
         problems.append(f"sheared slice stack (gantry tilt?): slice origins drift "
                         f"{float(np.abs(in_plane).max()):.2f} mm off the slice normal")
-    px = [float(v) for v in ds0.PixelSpacing] if "PixelSpacing" in ds0 else [1.0, 1.0]
+    px = _floats(ds0, "PixelSpacing", items[0][0], 2) if "PixelSpacing" in ds0 else [1.0, 1.0]
+    if min(px) <= 0:
+        raise InputError(f"PixelSpacing (0028,0030) {px} is not positive: the voxel size is "
+                         "unknown", items[0][0])
     rows, cols = int(ds0.Rows), int(ds0.Columns)
     for p, d in items:
         if int(d.Rows) != rows or int(d.Columns) != cols:
@@ -210,6 +247,7 @@ def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
             break
     steps = np.diff(pos)
     slice_index = list(range(len(pos)))
+    resample_from, warnings = None, []
     if len(pos) == 1:
         dz = float(ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0)
     else:
@@ -231,18 +269,40 @@ def _geometry(items: list[tuple[Path, Dataset]]) -> _Geometry:
                 problems.append(f"gap: about {missing} missing slice(s) after position(s) "
                                 f"{', '.join(f'{w:.2f}' for w in where[:5])} mm "
                                 f"(spacing {dz:.3f} mm)")
+            if np.any(irregular) and not np.any(gaps) and not dups:
+                mean = float((pos[-1] - pos[0]) / (len(pos) - 1))
+                dev = float(np.max(np.abs(steps - mean)) / mean)
+                if dev <= IRREGULAR_REL_TOL:
+                    n = int(round((pos[-1] - pos[0]) / mean)) + 1
+                    dz, resample_from = mean, pos.copy()
+                    slice_index = list(range(n))
+                    warnings.append(
+                        f"irregular slice spacing: steps from {good.min():.3f} to {good.max():.3f} "
+                        f"mm (up to {100 * dev:.1f} % off their mean {mean:.3f} mm, within "
+                        f"{100 * IRREGULAR_REL_TOL:g} %): resampled onto a regular {mean:.3f} mm "
+                        f"grid of {n} slices by linear interpolation")
+                    irregular = np.zeros_like(irregular)
+                else:
+                    problems.append(
+                        f"irregular slice spacing: steps from {good.min():.3f} to {good.max():.3f} "
+                        f"mm, up to {100 * dev:.1f} % off their mean {mean:.3f} mm (at most "
+                        f"{100 * IRREGULAR_REL_TOL:g} % can be resampled); check for missing or "
+                        "extra slices, or resample the series in the scanner's software")
+                    irregular = np.zeros_like(irregular)
             if np.any(irregular):
                 problems.append(f"irregular slice spacing: steps from {good.min():.3f} to "
                                 f"{good.max():.3f} mm")
-            slice_index = [0] + list(np.cumsum(np.maximum(1, np.round(np.maximum(steps, 0) / dz))
-                                               .astype(int)))
+            if resample_from is None:
+                slice_index = [0] + list(np.cumsum(np.maximum(1, np.round(np.maximum(steps, 0) / dz))
+                                                   .astype(int)))
     direction = np.column_stack([row, col, normal]).flatten()
     first = items[order[0]][1]
     return _Geometry(order=order, positions=pos,
-                     origin=tuple(float(v) for v in first.ImagePositionPatient),
+                     origin=tuple(_floats(first, "ImagePositionPatient", items[order[0]][0])),
                      direction=tuple(float(v) for v in direction),
                      spacing=(px[1], px[0], dz), size=(cols, rows, int(slice_index[-1]) + 1),
-                     slice_index=[int(i) for i in slice_index], problems=problems)
+                     slice_index=[int(i) for i in slice_index], problems=problems,
+                     resample_from=resample_from, warnings=warnings)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -268,6 +328,7 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
                               description=str(ds0.get("SeriesDescription", "") or ""),
                               files=[p for p, _ in items], size=geo.size, spacing=geo.spacing,
                               suv_ok=suv_ok, suv_missing=missing, problems=geo.problems,
+                              warnings=geo.warnings,
                               folder=folder, headers=headers))
     out.sort(key=lambda s: (-s.n_slices, s.modality, s.uid))
     return out
@@ -292,11 +353,15 @@ def _select(info_or_folder, series_uid: str | None) -> SeriesInfo:
 
 
 def read_series(info_or_folder: SeriesInfo | str | os.PathLike, series_uid: str | None = None,
-                allow_gaps: bool = False) -> sitk.Image:
+                allow_gaps: bool = False, slice_factors: list[float] | float | None = None
+                ) -> sitk.Image:
     """The modality values of one series as a float32 SimpleITK image (CT in HU, PET in its Units).
 
-    Raises :class:`InputError` on duplicate positions, mixed orientations, irregular spacing, and on
-    gaps unless ``allow_gaps`` (missing slices are then filled with 0 and a warning is logged).
+    Raises :class:`InputError` on duplicate positions, mixed orientations, irregular spacing beyond
+    :data:`IRREGULAR_REL_TOL`, and on gaps unless ``allow_gaps`` (missing slices are then filled
+    with 0 and a warning is logged). Steps irregular within the tolerance are interpolated onto a
+    regular grid; the warning goes to the log and into the image (``PETDiffusion.warnings``).
+    ``slice_factors`` (one per sorted slice, or one for all) multiply the values before that.
     """
     info = _select(info_or_folder, series_uid)
     where = info.files[0].parent
@@ -308,15 +373,49 @@ def read_series(info_or_folder: SeriesInfo | str | os.PathLike, series_uid: str 
         log.warning("%s: %s (filled with 0)", where, p)
     items = list(zip(info.files, info.headers))
     geo = _geometry(items)  # headers are sorted already; order is the identity
+    if not isinstance(slice_factors, (list, tuple)):
+        slice_factors = [slice_factors] * len(items)
     arr = np.zeros(geo.size[::-1], dtype=np.float32)
-    for z, (path, ds) in zip(geo.slice_index, items):
-        arr[z] = _slice_values(path, ds)
+    if geo.resample_from is None:
+        for z, (path, ds), f in zip(geo.slice_index, items, slice_factors):
+            arr[z] = _slice_values(path, ds)
+            if f is not None:
+                arr[z] *= np.float32(f)
+    else:
+        _interpolate_slices(arr, items, slice_factors, geo)
     img = sitk.GetImageFromArray(arr)
     img.SetOrigin(geo.origin)
     img.SetSpacing(geo.spacing)
     img.SetDirection(geo.direction)
     _put_patient_metadata(img, info.headers[0], info.modality)
+    for w in geo.warnings:
+        log.warning("%s: %s", where, w)
+        add_warning(img, w)
     return img
+
+
+def _interpolate_slices(arr: np.ndarray, items, slice_factors, geo: _Geometry) -> None:
+    """Fill ``arr`` (regular grid) by linear interpolation between the two source slices that
+    bracket each regular position; reads every source slice once, in order."""
+    pos = geo.positions - geo.positions[0]
+    targets = np.arange(arr.shape[0]) * geo.spacing[2]
+    upper = np.clip(np.searchsorted(pos, targets, side="left"), 1, len(pos) - 1)
+    cache: dict[int, np.ndarray] = {}
+
+    def values(i: int) -> np.ndarray:
+        if i not in cache:
+            path, ds = items[i]
+            v = _slice_values(path, ds)
+            if slice_factors[i] is not None:
+                v *= np.float32(slice_factors[i])
+            cache[i] = v
+            for k in [k for k in cache if k < i - 1]:
+                del cache[k]
+        return cache[i]
+
+    for z, (t, j) in enumerate(zip(targets, upper)):
+        w = float(np.clip((t - pos[j - 1]) / (pos[j] - pos[j - 1]), 0.0, 1.0))
+        arr[z] = (1.0 - w) * values(j - 1) + w * values(j)
 
 
 def _slice_values(path: Path, ds: Dataset) -> np.ndarray:
@@ -365,22 +464,19 @@ def read_pet_suv(info_or_folder: SeriesInfo | str | os.PathLike, suv_type: str =
     if info.modality != "PT":
         raise InputError(f"series '{info.description}' is {info.modality or 'of unknown modality'}, "
                          "not PET (PT): no SUV", info.files[0].parent)
-    img = read_series(info, allow_gaps=allow_gaps)
     factor = suv_factor(info.headers, suv_type, overrides, path=info.files[0].parent)
-    arr = sitk.GetArrayFromImage(img)
-    if factor.slice_factors is None:
-        arr *= np.float32(factor.factor)
-    else:
-        geo = _geometry(list(zip(info.files, info.headers)))
-        for z, f in zip(geo.slice_index, factor.slice_factors):
-            arr[z] *= np.float32(f)
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(img)
-    for k in img.GetMetaDataKeys():
-        out.SetMetaData(k, img.GetMetaData(k))
-    set_units(out, factor.units)
+    img = read_series(info, allow_gaps=allow_gaps,
+                      slice_factors=factor.slice_factors if factor.slice_factors is not None
+                      else factor.factor)
+    out = set_units(img, factor.units)
     out.SetMetaData(SUV_FACTOR_KEY, f"{factor.factor:.10g}")
     out.SetMetaData(SUV_RULE_KEY, factor.rule)
+    hi = float(np.max(sitk.GetArrayViewFromImage(out)))
+    if hi > SUV_MAX_PLAUSIBLE:
+        raise InputError(f"the SUV would reach {hi:.4g}, beyond the plausible {SUV_MAX_PLAUSIBLE:g} "
+                         f"(docs/PHYSICS.md §1 'Plausibility rules'): the header's dose, weight or "
+                         f"units are wrong (factor {factor.factor:.6g} from {factor.rule}); check "
+                         "them or give --weight-kg / --dose-mbq", info.files[0].parent)
     return out, factor
 
 

@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.errors import InputError, itk_reason
 from PETDiffusionLib.io.atomic import atomic_path
+from PETDiffusionLib.io.checks import STORED_TYPE_KEY, check_3d_geometry, check_nifti_raw
+from PETDiffusionLib.io.dicom import read_dicom_image
+# The metadata keys and their helpers live in io/metadata.py (shared with io/dicom.py); they are
+# re-exported here, where the rest of the project imports them from.
+from PETDiffusionLib.io.metadata import (DESCRIPTION_KEY, SYNTHETIC_KEY, UNITS_KEY, WARNINGS_KEY,
+                                         add_warning, copy_metadata, get_units, get_warnings,
+                                         is_synthetic, set_units)
 
 log = logging.getLogger(__name__)
 
-UNITS_KEY = "PETDiffusion.units"
-SYNTHETIC_KEY = "PETDiffusion.synthetic"
-DESCRIPTION_KEY = "PETDiffusion.description"
+__all__ = ["UNITS_KEY", "SYNTHETIC_KEY", "DESCRIPTION_KEY", "WARNINGS_KEY", "IMAGE_SUFFIXES",
+           "read_image", "read_label", "write_image", "get_units", "set_units", "is_synthetic",
+           "add_warning", "get_warnings", "resample_to", "resample_to_spacing", "same_grid",
+           "array_and_image", "to_working_grid"]
+
 _NIFTI_DESCRIP = "descrip"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -30,26 +39,35 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith(".nii") or path.name.endswith(".nii.gz")
 
 
-def read_image(path: str | os.PathLike, pixel_type=sitk.sitkFloat32) -> sitk.Image:
+def read_image(path: str | os.PathLike, pixel_type=sitk.sitkFloat32,
+               require_3d: bool = True) -> sitk.Image:
     """Read an image file, or a DICOM folder (one series; PET converted to SUVbw, CT in HU).
 
-    Raises :class:`InputError` naming the file when it is missing or unreadable.
+    Raises :class:`InputError` naming the file when it is missing or unreadable, is not a 3D scalar
+    volume with positive spacing (unless ``require_3d`` is False), or, for NIfTI, holds NaN/Inf
+    voxels or pixdim 0 (which ITK's reader would hide: docs/PHYSICS.md §1 "Plausibility rules").
     """
     path = Path(path)
     if not path.exists():
         raise InputError("file or folder not found", path)
     if path.is_dir():
-        from PETDiffusionLib.io.dicom import read_dicom_image  # foundation reader
-        return read_dicom_image(path)
+        img = read_dicom_image(path)
+        if require_3d:
+            check_3d_geometry(img, path)
+        return img
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
         raise InputError(f"not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)} "
                          "or a DICOM folder)", path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"cannot read image ({str(exc).strip().splitlines()[0]})", path) from exc
+        raise InputError(f"cannot read image ({itk_reason(exc)})", path) from exc
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("expected a scalar image, found a vector/RGB image", path)
+    if _is_nifti(path):
+        check_nifti_raw(path)
+    if require_3d:
+        check_3d_geometry(img, path)
     if _is_nifti(path) and img.HasMetaDataKey(_NIFTI_DESCRIP):
         for part in img.GetMetaData(_NIFTI_DESCRIP).split(";"):
             if "=" in part:
@@ -57,6 +75,7 @@ def read_image(path: str | os.PathLike, pixel_type=sitk.sitkFloat32) -> sitk.Ima
                 key = {"units": UNITS_KEY, "synthetic": SYNTHETIC_KEY}.get(key.strip())
                 if key:
                     img.SetMetaData(key, value.strip())
+    img.SetMetaData(STORED_TYPE_KEY, img.GetPixelIDTypeAsString())
     if pixel_type is not None and img.GetPixelID() != pixel_type:
         keys = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
         img = sitk.Cast(img, pixel_type)
@@ -78,28 +97,7 @@ def read_label(path: str | os.PathLike) -> sitk.Image:
 
 
 def _copy_meta(src: sitk.Image, dst: sitk.Image) -> sitk.Image:
-    for k in src.GetMetaDataKeys():
-        dst.SetMetaData(k, src.GetMetaData(k))
-    return dst
-
-
-def get_units(img: sitk.Image) -> str | None:
-    return img.GetMetaData(UNITS_KEY) if img.HasMetaDataKey(UNITS_KEY) else None
-
-
-def set_units(img: sitk.Image, units: str | None, synthetic: bool | None = None,
-              description: str | None = None) -> sitk.Image:
-    if units is not None:
-        img.SetMetaData(UNITS_KEY, units)
-    if synthetic is not None:
-        img.SetMetaData(SYNTHETIC_KEY, "1" if synthetic else "0")
-    if description is not None:
-        img.SetMetaData(DESCRIPTION_KEY, description)
-    return img
-
-
-def is_synthetic(img: sitk.Image) -> bool:
-    return img.HasMetaDataKey(SYNTHETIC_KEY) and img.GetMetaData(SYNTHETIC_KEY) == "1"
+    return copy_metadata(src, dst)
 
 
 def write_image(img: sitk.Image, path: str | os.PathLike, units: str | None = None,
@@ -110,7 +108,8 @@ def write_image(img: sitk.Image, path: str | os.PathLike, units: str | None = No
     src, img = img, sitk.Image(img)  # shallow copy so metadata edits stay local
     # SimpleITK 2.5: the first SetMetaData on a copy drops the metadata it shared; copy it back
     for key in src.GetMetaDataKeys():
-        img.SetMetaData(key, src.GetMetaData(key))
+        if key != STORED_TYPE_KEY:  # a reading fact of the input file, not of this output
+            img.SetMetaData(key, src.GetMetaData(key))
     set_units(img, units, synthetic, description)
     if _is_nifti(path):
         parts = []
@@ -165,3 +164,13 @@ def array_and_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(reference)
     return img
+
+
+def to_working_grid(img: sitk.Image, spacing_mm, is_label: bool = False,
+                    default_value: float = 0.0) -> sitk.Image:
+    """The one working grid of the 2.5D models: reoriented to LPS (so axial slices are array
+    slices, z from feet to head), then resampled to ``spacing_mm`` (x, y, z) over the same extent.
+    Labels use nearest neighbour; voxels outside the input take ``default_value`` (e.g. -1000 HU)."""
+    oriented = sitk.DICOMOrient(img, "LPS")
+    return resample_to_spacing(oriented, tuple(float(s) for s in spacing_mm), is_label,
+                               default_value)

@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Iterable, Sequence
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from PETDiffusionLib.errors import InputError, MissingTagError
+# body size formulas, re-exported here where callers import them from
+from PETDiffusionLib.physics.body_size import (bsa_dubois_m2, ibw_kg, lbm_james_kg,
+                                               lbm_janmahasatian_kg)
+from PETDiffusionLib.physics.suv_rules import (DEFAULT_LIMITS, OVERRIDE_HINT, SUVLimits, at_day,
+                                               check_decay_interval, check_header_value,
+                                               check_override, parse_injection_override)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,9 @@ class SUVOverrides:
     injection_time: datetime | str | None = None  # datetime, "YYYY-MM-DD HH:MM[:SS]" or "HH:MM[:SS]"
     height_m: float | None = None
     sex: str | None = None
+    # a conscious override of the decay interval injection -> scan reference (docs/PHYSICS.md §1
+    # "Plausibility rules"): the header times are then not used
+    force_decay_minutes: float | None = None
 
 
 @dataclass
@@ -88,14 +98,23 @@ def _s(value) -> str:
 
 
 def parse_da(value) -> date | None:
+    """DICOM DA (YYYYMMDD) -> date; ValueError saying why for a malformed value."""
     s = _s(value)
     if not s:
         return None
-    return datetime.strptime(s[:8], "%Y%m%d").date()
+    if not re.fullmatch(r"\d{8}", s[:8]) or len(s) not in (8,):
+        raise ValueError(f"not a DICOM date YYYYMMDD: {s!r}")
+    try:
+        return datetime.strptime(s, "%Y%m%d").date()
+    except ValueError:
+        raise ValueError(f"not a real date: {s!r}") from None
 
 
 def parse_tm(value) -> timedelta | None:
-    """DICOM TM (HHMMSS.FFFFFF, shorter forms allowed; also HH:MM:SS) -> time since midnight."""
+    """DICOM TM (HHMMSS.FFFFFF, shorter forms allowed; also HH:MM:SS) -> time since midnight.
+
+    ValueError for a malformed value or one that is not a real time (hours 0-23, minutes 0-59,
+    seconds 0-60: DICOM PS3.5 Table 6.2-1 allows a leap second)."""
     s = _s(value).replace(":", "")
     if not s:
         return None
@@ -103,6 +122,8 @@ def parse_tm(value) -> timedelta | None:
     if not m:
         raise ValueError(f"not a DICOM time: {s!r}")
     h, mi, se, frac = m.groups()
+    if int(h) > 23 or int(mi or 0) > 59 or int(se or 0) > 60:
+        raise ValueError(f"not a real time of day: {s!r}")
     return timedelta(hours=int(h), minutes=int(mi or 0), seconds=int(se or 0) + float(frac or 0.0))
 
 
@@ -115,6 +136,27 @@ def parse_dt(value) -> datetime | None:
     d = parse_da(s[:8])
     t = parse_tm(s[8:]) if len(s) > 8 else timedelta(0)
     return datetime.combine(d, datetime.min.time()) + t
+
+
+_TAG_NUMBERS = {"SeriesDate": "(0008,0021)", "SeriesTime": "(0008,0031)",
+                "AcquisitionDate": "(0008,0022)", "AcquisitionTime": "(0008,0032)",
+                "AcquisitionDateTime": "(0008,002A)", "RadiopharmaceuticalStartTime": "(0018,1072)",
+                "RadiopharmaceuticalStartDateTime": "(0018,1078)",
+                "GE private scan datetime": "(0009,100D)"}
+
+
+def _tag_value(ds: Dataset, keyword, parser, path, name: str | None = None):
+    """``parser(ds[keyword])``, or InputError naming the file, the tag and the bad value."""
+    value = ds.get(keyword)
+    if isinstance(value, DataElement):  # private tags are looked up by number
+        value = value.value
+    try:
+        return parser(value)
+    except ValueError as exc:
+        name = name or keyword
+        raise InputError(f"{name} {_TAG_NUMBERS.get(name, '')} {_s(value)!r} is malformed ({exc}); "
+                         "fix the header (the SUV needs it) or give --injection-time / "
+                         "--force-decay-minutes", path) from None
 
 
 def _combine(d: date | None, t: timedelta | None) -> datetime | None:
@@ -141,47 +183,6 @@ def _private(ds: Dataset, tag: tuple[int, int]):
 def _radiopharm(ds: Dataset) -> Dataset:
     seq = ds.get("RadiopharmaceuticalInformationSequence")
     return seq[0] if seq else Dataset()
-
-
-# ----------------------------------------------------------------------------- body size formulas
-
-def lbm_janmahasatian_kg(weight_kg: float, height_m: float, sex: str) -> float:
-    """Janmahasatian lean body mass (QIBA appendix H; PHYSICS.md §1): BMI = W/H²."""
-    bmi = weight_kg / height_m ** 2
-    male = 9270 * weight_kg / (6680 + 216 * bmi)
-    female = 9270 * weight_kg / (8780 + 244 * bmi)
-    return _by_sex(male, female, sex)
-
-
-def lbm_james_kg(weight_kg: float, height_m: float, sex: str, male_coeff: float = 128.0) -> float:
-    """James/Morgan lean body mass, H in cm (PHYSICS.md §1; IBSI manual: "LBMJAMES128" uses 128,
-    DICOM "LBM" uses 120 for men)."""
-    h_cm = height_m * 100.0
-    male = 1.10 * weight_kg - male_coeff * (weight_kg / h_cm) ** 2
-    female = 1.07 * weight_kg - 148 * (weight_kg / h_cm) ** 2
-    return _by_sex(male, female, sex)
-
-
-def ibw_kg(height_m: float, sex: str) -> float:
-    """Ideal body weight (IBSI manual, SUVType IBW): male 48.0 + 1.06(H−152), female 45.5 + 0.91(H−152),
-    H in cm."""
-    h_cm = height_m * 100.0
-    return _by_sex(48.0 + 1.06 * (h_cm - 152), 45.5 + 0.91 * (h_cm - 152), sex)
-
-
-def bsa_dubois_m2(weight_kg: float, height_m: float) -> float:
-    """Du Bois body surface area in m² (PHYSICS.md §1): 0.007184·W^0.425·H_cm^0.725."""
-    return 0.007184 * weight_kg ** 0.425 * (height_m * 100.0) ** 0.725
-
-
-def _by_sex(male: float, female: float, sex: str) -> float:
-    sex = (sex or "").upper()[:1]
-    if sex == "M":
-        return male
-    if sex == "F":
-        return female
-    # IBSI manual: no consensus for "O"; the mean of the sex-specific values (used by DRO_2_2).
-    return (male + female) / 2.0
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -234,31 +235,12 @@ def _gml_stored_type_to_bw(ds: Dataset, units: str, weight_kg: float | None, hei
                               "SUVbw = value × W/mass")
 
 
-def _parse_override_time(value, series_date: date | None) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    s = _s(value)
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M",
-                "%Y%m%d%H%M%S"):
-        try:
-            return datetime.strptime(s, fmt)
-        except ValueError:
-            pass
-    try:
-        t = parse_tm(s)
-    except ValueError:
-        raise InputError(f"injection time {s!r} is not HH:MM[:SS] or YYYY-MM-DD HH:MM[:SS]") from None
-    if series_date is None:
-        raise InputError("injection time given without a date and the series has no SeriesDate")
-    return _combine(series_date, t)
-
-
-def _acquisition_dt(ds: Dataset, fallback_date: date | None) -> datetime | None:
-    adt = parse_dt(ds.get("AcquisitionDateTime"))
+def _acquisition_dt(ds: Dataset, fallback_date: date | None, path) -> datetime | None:
+    adt = _tag_value(ds, "AcquisitionDateTime", parse_dt, path)
     if adt is not None:
         return adt
-    return _combine(parse_da(ds.get("AcquisitionDate")) or fallback_date,
-                    parse_tm(ds.get("AcquisitionTime")))
+    return _combine(_tag_value(ds, "AcquisitionDate", parse_da, path) or fallback_date,
+                    _tag_value(ds, "AcquisitionTime", parse_tm, path))
 
 
 def _average_count_rate_time_s(lam: float, frame_s: float) -> float:
@@ -267,31 +249,79 @@ def _average_count_rate_time_s(lam: float, frame_s: float) -> float:
     return math.log(x / -math.expm1(-x)) / lam
 
 
+def _validated_overrides(overrides, limits: SUVLimits) -> SUVOverrides:
+    if isinstance(overrides, dict):
+        overrides = SUVOverrides(**overrides)
+    ov = overrides or SUVOverrides()
+    return SUVOverrides(
+        weight_kg=check_override("--weight-kg", ov.weight_kg, limits.weight_kg, "kg"),
+        dose_mbq=check_override("--dose-mbq", ov.dose_mbq, limits.dose_mbq, "MBq"),
+        injection_time=ov.injection_time if ov.injection_time not in (None, "") else None,
+        height_m=check_override("--height-m", ov.height_m, limits.height_m, "m"),
+        sex=ov.sex,
+        force_decay_minutes=check_override("--force-decay-minutes", ov.force_decay_minutes,
+                                           limits.force_decay_minutes, "min"))
+
+
+def _header_weight(ds: Dataset, ov: SUVOverrides, limits: SUVLimits, path,
+                   warnings: list[str]) -> float | None:
+    if ov.weight_kg is not None:
+        return ov.weight_kg
+    weight = _float(ds.get("PatientWeight"))
+    if not weight:  # absent, empty or 0: unknown (PatientWeight is Type 2/3)
+        return None
+    note = ""
+    if weight > WEIGHT_GRAMS_THRESHOLD:
+        warnings.append(f"PatientWeight {weight} > {WEIGHT_GRAMS_THRESHOLD:g}: taken as grams")
+        note = f" (PatientWeight {weight:g} read as grams)"
+        weight /= 1000.0
+    check_header_value("PatientWeight (0010,1030)", weight, limits.weight_kg, "kg", path,
+                       "--weight-kg", note)
+    return weight
+
+
+def _header_dose(rp: Dataset, ov: SUVOverrides, limits: SUVLimits, path,
+                 warnings: list[str]) -> float | None:
+    if ov.dose_mbq is not None:
+        return ov.dose_mbq * 1e6
+    dose_bq = _float(rp.get("RadionuclideTotalDose"))
+    if not dose_bq:
+        return None
+    note = ""
+    if 0 < dose_bq < DOSE_MBQ_THRESHOLD:
+        warnings.append(f"RadionuclideTotalDose {dose_bq:g} is implausibly small for Bq: read as MBq")
+        note = f" (RadionuclideTotalDose {dose_bq:g} read as MBq)"
+        dose_bq *= 1e6
+    check_header_value("RadionuclideTotalDose (0018,1074)", dose_bq / 1e6, limits.dose_mbq, "MBq",
+                       path, "--dose-mbq", note)
+    return dose_bq
+
+
 def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw",
                overrides: SUVOverrides | dict | None = None, path=None,
-               log_warnings: bool = True) -> SUVFactor:
+               log_warnings: bool = True, limits: SUVLimits = DEFAULT_LIMITS) -> SUVFactor:
     """The SUV factor of a PET series (PHYSICS.md §1). ``suv_type`` is bw, lbm (SUL, Janmahasatian),
     bsa (Du Bois) or ibw.
 
-    Raises :class:`MissingTagError` listing every tag the computation needs and lacks.
+    Raises :class:`MissingTagError` listing every tag the computation needs and lacks, and
+    :class:`InputError` naming the tag and its value when a fact is malformed or implausible
+    (docs/PHYSICS.md §1 "Plausibility rules", :mod:`PETDiffusionLib.physics.suv_rules`).
     """
     datasets = [ds_or_datasets] if isinstance(ds_or_datasets, Dataset) else list(ds_or_datasets)
     if not datasets:
         raise InputError("no DICOM datasets given for SUV", path)
     if suv_type not in SUV_TYPES:
         raise InputError(f"unknown SUV type {suv_type!r} (choose {', '.join(SUV_TYPES)})", path)
-    if isinstance(overrides, dict):
-        overrides = SUVOverrides(**overrides)
-    ov = overrides or SUVOverrides()
+    ov = _validated_overrides(overrides, limits)
     ds = datasets[0]
     warnings: list[str] = []
 
     units = _s(ds.get("Units")).upper()
-    weight = ov.weight_kg if ov.weight_kg else _float(ds.get("PatientWeight"))
-    if weight and not ov.weight_kg and weight > WEIGHT_GRAMS_THRESHOLD:
-        warnings.append(f"PatientWeight {weight} > {WEIGHT_GRAMS_THRESHOLD:g}: taken as grams")
-        weight /= 1000.0
+    weight = _header_weight(ds, ov, limits, path, warnings)
     height = ov.height_m if ov.height_m else _float(ds.get("PatientSize"))
+    if height and not ov.height_m and suv_type != "bw":
+        check_header_value("PatientSize (0010,1020)", height, limits.height_m, "m", path,
+                           "--height-m", " (DICOM gives metres)")
     sex = ov.sex or _s(ds.get("PatientSex")) or None
     corrected = [_s(c).upper() for c in (ds.get("CorrectedImage") or [])]
     # DecayCorrection NONE means DECY is absent on purpose.
@@ -313,13 +343,15 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
             to_bw *= norm / weight
             rule += f"; then × {norm:.4g}/{weight:g} for {SUV_UNITS[suv_type]}"
         result.factor, result.rule = to_bw, rule
-        return _finish(result, log_warnings)
+        return _finish(result, log_warnings, path)
 
     # --- Philips counts with a direct SUV scale factor.
     if units == "CNTS":
         suv_sf = _float(_private(ds, PHILIPS_SUV_SCALE_FACTOR))
         acsf = _float(_private(ds, PHILIPS_ACTIVITY_CONC_SCALE_FACTOR))
-        if suv_sf and not any([ov.weight_kg, ov.dose_mbq, ov.injection_time]):
+        manual = any(v is not None for v in (ov.weight_kg, ov.dose_mbq, ov.injection_time,
+                                              ov.force_decay_minutes))
+        if suv_sf and not manual:
             result.factor = suv_sf
             result.rule = ("Units CNTS: Philips private (7053,1000) SUV Scale Factor "
                            f"{suv_sf:g} gives SUVbw directly")
@@ -329,10 +361,16 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                 norm = _reference_normaliser_kg(suv_type, weight, height, sex, path)
                 result.factor *= norm / weight
                 result.rule += f"; × {norm:.4g}/{weight:g} for {SUV_UNITS[suv_type]}"
-            return _finish(result, log_warnings)
+            return _finish(result, log_warnings, path)
         if not acsf:
-            raise MissingTagError(["Philips (7053,1000) SUV Scale Factor or "
-                                   "(7053,1009) Activity Concentration Scale Factor"], path)
+            raise InputError(
+                "Units CNTS (Philips counts) without the private (7053,1009) Activity "
+                "Concentration Scale Factor" + ("" if suv_sf else " or (7053,1000) SUV Scale Factor")
+                + ": the counts cannot be turned into Bq/mL, so no manual weight, dose or time "
+                "can give an SUV. Export the series again from the scanner keeping the Philips "
+                "private group 7053 (anonymisers often strip it), or as Units BQML"
+                + ("; or leave out the manual options to use the SUV Scale Factor" if suv_sf else ""),
+                path)
         activity_scale, units_rule = acsf, (
             f"Units CNTS: Philips private (7053,1009) Activity Concentration Scale Factor {acsf:g} "
             "× modality value gives Bq/mL; then as BQML")
@@ -344,16 +382,16 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
 
     # --- Activity concentration: need weight, dose, times, half-life.
     rp = _radiopharm(ds)
-    dose_bq = ov.dose_mbq * 1e6 if ov.dose_mbq else _float(rp.get("RadionuclideTotalDose"))
-    if dose_bq and not ov.dose_mbq and dose_bq < DOSE_MBQ_THRESHOLD:
-        warnings.append(f"RadionuclideTotalDose {dose_bq:g} is implausibly small for Bq: read as MBq")
-        dose_bq *= 1e6
+    dose_bq = _header_dose(rp, ov, limits, path, warnings)
     half_life = _float(rp.get("RadionuclideHalfLife"))
-    if not half_life:
+    if half_life:
+        check_header_value("RadionuclideHalfLife (0018,1075)", half_life, limits.half_life_s, "s",
+                           path, "a corrected header (no manual option)")
+    else:
         half_life = _half_life_from_code(rp)
     decay = _s(ds.get("DecayCorrection")).upper()
-    series_date = parse_da(ds.get("SeriesDate"))
-    series_dt = _combine(series_date, parse_tm(ds.get("SeriesTime")))
+    series_date = _tag_value(ds, "SeriesDate", parse_da, path)
+    series_dt = _combine(series_date, _tag_value(ds, "SeriesTime", parse_tm, path))
 
     missing = []
     if not weight:
@@ -363,7 +401,8 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
     if decay != "ADMIN":
         if not half_life:
             missing.append("RadionuclideHalfLife (0018,1075)")
-        if not (ov.injection_time or rp.get("RadiopharmaceuticalStartDateTime")
+        if not (ov.injection_time or ov.force_decay_minutes is not None
+                or rp.get("RadiopharmaceuticalStartDateTime")
                 or rp.get("RadiopharmaceuticalStartTime")):
             missing.append("RadiopharmaceuticalStartDateTime (0018,1078) or "
                            "RadiopharmaceuticalStartTime (0018,1072)")
@@ -381,14 +420,17 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
     name = SUV_UNITS[suv_type]
 
     if decay == "ADMIN":
+        if ov.injection_time or ov.force_decay_minutes is not None:
+            warnings.append("DecayCorrection ADMIN: the pixels refer to the injection time, so "
+                            "--injection-time/--force-decay-minutes do not change the SUV")
         result.decayed_dose_bq = dose_bq
         result.factor = base / dose_bq
         result.rule = (f"{units_rule}; DecayCorrection ADMIN: pixels refer to injection time, "
                        f"undecayed dose {dose_bq / 1e6:.2f} MBq; {name} = C × {norm:.4g} kg·1000 / D")
-        return _finish(result, log_warnings)
+        return _finish(result, log_warnings, path)
 
     lam = math.log(2) / half_life
-    acq_dts = [_acquisition_dt(d, series_date) for d in datasets]
+    acq_dts = [_acquisition_dt(d, series_date, path) for d in datasets]
     known_acq = [a for a in acq_dts if a is not None]
     earliest_acq = min(known_acq) if known_acq else None
 
@@ -400,7 +442,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
         if ref is None:
             raise MissingTagError(["AcquisitionTime (0008,0032)"], path)
 
-    inj, inj_rule = _injection_time(rp, ov, series_date, ref, path, warnings)
+    inj, inj_rule = _injection_time(rp, ov, ref, ref_rule, path, warnings, limits, half_life)
     result.injection_time, result.reference_time = inj, ref
 
     if decay == "START":
@@ -412,16 +454,18 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                        f"{dt_s / 60:.2f} min (T½ {half_life:g} s) from injection ({inj_rule}) to scan "
                        f"reference ({ref_rule}) = {decayed / 1e6:.2f} MBq; "
                        f"{name} = C × {norm:.4g} kg·1000 / D")
-        return _finish(result, log_warnings)
+        return _finish(result, log_warnings, path)
 
     # NONE: per-frame decay correction factor DCF = λΔt / (e^(−λ t1) − e^(−λ t2)), frame [t1, t2]
     # from injection (PHYSICS.md §1; IBSI manual, DC NONE), with the undecayed dose.
     factors = []
     for d, acq in zip(datasets, acq_dts):
         dur_ms = _float(d.get("ActualFrameDuration"))
-        if acq is None or not dur_ms:
+        if acq is None or not dur_ms or dur_ms <= 0:
             raise MissingTagError(["AcquisitionTime (0008,0032)", "ActualFrameDuration (0018,1242)"],
                                   path, what="SUV with DecayCorrection NONE")
+        check_decay_interval(inj, acq, inj_rule, "a frame's AcquisitionDate/Time", path, limits,
+                             half_life)
         t1 = (acq - inj).total_seconds()
         t2 = t1 + dur_ms / 1000.0
         dcf = lam * (t2 - t1) / (math.exp(-lam * t1) - math.exp(-lam * t2))
@@ -433,14 +477,14 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
                    f"({inj_rule}) with DCF = λΔt/(e^-λt1 − e^-λt2), T½ {half_life:g} s; undecayed dose "
                    f"{dose_bq / 1e6:.2f} MBq; factor varies per slice "
                    f"({min(factors):.6g}..{max(factors):.6g})")
-    return _finish(result, log_warnings)
+    return _finish(result, log_warnings, path)
 
 
-def _finish(result: SUVFactor, log_warnings: bool = True) -> SUVFactor:
+def _finish(result: SUVFactor, log_warnings: bool = True, path=None) -> SUVFactor:
     for w in result.warnings if log_warnings else ():
         log.warning("SUV: %s", w)
     if not (result.factor > 0 and math.isfinite(result.factor)):
-        raise InputError(f"SUV factor {result.factor} is not a positive number ({result.rule})")
+        raise InputError(f"SUV factor {result.factor} is not a positive number ({result.rule})", path)
     return result
 
 
@@ -463,7 +507,8 @@ def _scan_reference_time(datasets, acq_dts, series_dt, earliest_acq, lam, path):
         return series_dt, "SeriesDate/SeriesTime"
     if series_dt is None and earliest_acq is None:
         raise MissingTagError(["SeriesTime (0008,0031) or AcquisitionTime (0008,0032)"], path)
-    ge = parse_dt(_private(datasets[0], GE_PET_SCAN_DATETIME))
+    ge = _tag_value(datasets[0], GE_PET_SCAN_DATETIME, parse_dt, path,
+                    "GE private scan datetime")
     if ge is not None:
         return ge, "GE private (0009,100D) PET scan datetime, SeriesTime is after acquisition"
     i = min((k for k, a in enumerate(acq_dts) if a is not None), key=lambda k: acq_dts[k])
@@ -477,32 +522,68 @@ def _scan_reference_time(datasets, acq_dts, series_dt, earliest_acq, lam, path):
     return earliest_acq, "earliest AcquisitionDate/Time (SeriesTime is after acquisition)"
 
 
-def _injection_time(rp: Dataset, ov: SUVOverrides, series_date, ref: datetime, path,
-                    warnings: list[str]) -> tuple[datetime, str]:
+def _within(inj: datetime, ref: datetime, limits: SUVLimits) -> bool:
+    return 0.0 <= (ref - inj).total_seconds() <= limits.max_decay_minutes * 60.0
+
+
+def _injection_time(rp: Dataset, ov: SUVOverrides, ref: datetime, ref_rule: str, path,
+                    warnings: list[str], limits: SUVLimits,
+                    half_life: float) -> tuple[datetime, str]:
+    """The injection datetime and how it was found; every choice is checked against the decay
+    interval rule (docs/PHYSICS.md §1 "Plausibility rules")."""
+    if ov.force_decay_minutes is not None:
+        if ov.force_decay_minutes > limits.max_decay_minutes:
+            warnings.append(f"--force-decay-minutes {ov.force_decay_minutes:g} is beyond the "
+                            f"plausible {limits.max_decay_minutes:g} min; used as given")
+        return (ref - timedelta(minutes=ov.force_decay_minutes),
+                f"decay interval forced to {ov.force_decay_minutes:g} min by hand")
     if ov.injection_time:
-        inj = _parse_override_time(ov.injection_time, ref.date() if ref else series_date)
-        rule = "injection time given by hand"
-        if isinstance(ov.injection_time, str) and len(_s(ov.injection_time)) <= 8 and inj > ref:
+        full, tod = parse_injection_override(ov.injection_time)
+        if full is not None:
+            check_decay_interval(full, ref, "--injection-time", ref_rule, path, limits, half_life)
+            return full, "injection time given by hand"
+        inj = at_day(ref.date(), tod)
+        rule = "injection time of day given by hand"
+        if inj > ref and _within(inj - timedelta(days=1), ref, limits):
             inj -= timedelta(days=1)
-            rule += " (day before: after the scan time)"
+            rule += " (the day before: after the scan time, midnight crossing)"
+        check_decay_interval(inj, ref, "--injection-time on the scan date", ref_rule, path, limits,
+                             half_life)
         return inj, rule
-    inj = parse_dt(rp.get("RadiopharmaceuticalStartDateTime"))
-    if inj is not None:
-        if inj <= ref:
-            return inj, "RadiopharmaceuticalStartDateTime"
-        # A datetime after the scan: a date-shifting anonymiser (seen in TCIA STS_002). Trust the
-        # time of day, as with RadiopharmaceuticalStartTime below.
-        warnings.append(f"RadiopharmaceuticalStartDateTime {inj} is after the scan reference {ref}; "
-                        "using its time of day only")
-    t = parse_tm(rp.get("RadiopharmaceuticalStartTime")) if rp.get("RadiopharmaceuticalStartTime") \
-        else (inj - datetime.combine(inj.date(), datetime.min.time()) if inj else None)
+    inj_dt = _tag_value(rp, "RadiopharmaceuticalStartDateTime", parse_dt, path)
+    t = _tag_value(rp, "RadiopharmaceuticalStartTime", parse_tm, path)
+    if inj_dt is not None:
+        if _within(inj_dt, ref, limits):
+            return inj_dt, "RadiopharmaceuticalStartDateTime"
+        if t is None:
+            t = inj_dt - datetime.combine(inj_dt.date(), datetime.min.time())
+        # A date-shifting anonymiser (TCIA STS_002: one day after the series date) moves the date
+        # but keeps the time of day: accept the time of day only when it gives a plausible interval.
+        candidates = [at_day(ref.date(), t), at_day(ref.date(), t) - timedelta(days=1)]
+        good = [c for c in candidates if _within(c, ref, limits)]
+        if not good:
+            check_decay_interval(inj_dt, ref, "RadiopharmaceuticalStartDateTime (0018,1078)",
+                                 ref_rule, path, limits, half_life)
+        warnings.append(f"RadiopharmaceuticalStartDateTime {inj_dt} is "
+                        f"{'after' if inj_dt > ref else 'long before'} the scan reference {ref} "
+                        "(date-shifting anonymiser?); using its time of day only")
+        return good[0], "time of day of RadiopharmaceuticalStartDateTime/StartTime on the scan date"
     if t is None:
         raise MissingTagError(["RadiopharmaceuticalStartTime (0018,1072)"], path)
-    inj = _combine(ref.date(), t)
+    inj = at_day(ref.date(), t)
     rule = "RadiopharmaceuticalStartTime on the scan date"
     if inj > ref:  # midnight crossing: injected the day before (PHYSICS.md §1; IBSI DRO_4_2)
+        if not _within(inj - timedelta(days=1), ref, limits):
+            raise InputError(
+                f"RadiopharmaceuticalStartTime (0018,1072) {inj.time()} is "
+                f"{(inj - ref).total_seconds() / 60:.1f} min after the scan reference ({ref_rule} = "
+                f"{ref}); taken as the day before (a midnight crossing) the decay interval would be "
+                f"{(ref - inj + timedelta(days=1)).total_seconds() / 60:.1f} min, beyond the plausible "
+                f"0-{limits.max_decay_minutes:g} min: the times are wrong; {OVERRIDE_HINT}", path)
         inj -= timedelta(days=1)
         rule += ", the day before (after the scan time: midnight crossing)"
+    check_decay_interval(inj, ref, "RadiopharmaceuticalStartTime (0018,1072)", ref_rule, path,
+                         limits, half_life)
     return inj, rule
 
 
