@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from PETDiffusionLib.cli.demo import DEMO_STEPS, run_step
+from PETDiffusionLib.cli.demo import demo_steps, run_step
 from PETDiffusionLib.cli.main import main
 from PETDiffusionLib.io.images import read_image
 
@@ -32,7 +32,7 @@ def test_demo_dicom_step_finds_the_worked_suv_numbers(tmp_path):
 
 def test_demo_command_runs_the_dicom_step_from_the_console_script(tmp_path):
     # the task steps (minutes on a CPU) run in `make demo` and in their own task tests
-    assert DEMO_STEPS[0][1] == "PETDiffusionLib.io.demo:demo_dicom_suv"
+    assert demo_steps()[0][2] == "PETDiffusionLib.io.demo:demo_dicom_suv"
     done = subprocess.run([sys.executable, "-m", "PETDiffusionLib", "demo", "--step", "1", "--out",
                            str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -40,8 +40,14 @@ def test_demo_command_runs_the_dicom_step_from_the_console_script(tmp_path):
     assert "[2/" not in done.stdout
 
 
+def test_demo_has_the_library_steps_then_one_step_per_registered_task():
+    from PETDiffusionLib.tasks.registry import task_ids
+    targets = [t for _, _, t in demo_steps()]
+    assert targets[2:] == [f"task:{tid}" for tid in task_ids()]
+
+
 def test_demo_refuses_a_step_it_does_not_have(tmp_path, capsys):
-    assert main(["demo", "--step", str(len(DEMO_STEPS) + 1), "--out", str(tmp_path)]) == 2
+    assert main(["demo", "--step", str(len(demo_steps()) + 1), "--out", str(tmp_path)]) == 2
     assert "the demo has steps 1 to" in capsys.readouterr().err
 
 

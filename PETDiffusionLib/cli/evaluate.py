@@ -1,24 +1,21 @@
 """`petdiffusion evaluate <task> --cohort DIR [--out FILE.json] ...`: a task's evaluation.
 
-Dispatches to ``PETDiffusionLib.tasks.<task_module>.evaluate(args) -> int``; task-specific options
-come from the task module's ``add_evaluate_args(parser)`` (parsed after the task is known, so that
+Dispatches to the task's ``tasks/<task>/evaluate.py``: ``evaluate(args)`` (returns its figures as
+text, printed here, or an exit status); task-specific options come from its ``add_evaluate_args(parser)`` (parsed after the task is known, so that
 ``petdiffusion --help`` stays fast; ``petdiffusion evaluate TASK --help`` lists them).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from PETDiffusionLib.cli.train import task_module_name
-from PETDiffusionLib.errors import InputError
-from PETDiffusionLib.tasks.registry import TASK_MODULES
+from PETDiffusionLib.tasks.registry import task_ids, task_part
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a task's model on a cohort",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        )
-    p.add_argument("task", choices=list(TASK_MODULES))
+    p.add_argument("task", choices=task_ids())
     p.add_argument("rest", nargs=argparse.REMAINDER, help="--cohort DIR [--out FILE.json] and task options")
     p.set_defaults(func=_evaluate)
 
@@ -35,9 +32,7 @@ def evaluate_parser(task: str, module) -> argparse.ArgumentParser:
 
 
 def _evaluate(args) -> int:
-    module = importlib.import_module(f"PETDiffusionLib.tasks.{task_module_name(args.task)}")
-    if not hasattr(module, "evaluate"):
-        raise InputError(f"task {args.task} has no evaluation yet")
+    module = task_part(args.task, "evaluate")
     eargs = evaluate_parser(args.task, module).parse_args(args.rest)
     eargs.task, eargs.verbose = args.task, getattr(args, "verbose", False)
     result = module.evaluate(eargs)

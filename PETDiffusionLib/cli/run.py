@@ -4,17 +4,14 @@ from __future__ import annotations
 import argparse
 
 from PETDiffusionLib.progress import Progress
-from PETDiffusionLib.tasks.registry import TASK_MODULES, get_task
+from PETDiffusionLib.tasks.registry import task_ids, task_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a clinical task on images (writes files + manifest.json)")
     tasks = p.add_subparsers(dest="task", metavar="TASK")
-    for tid in TASK_MODULES:
-        try:
-            spec = get_task(tid).SPEC
-        except ModuleNotFoundError:
-            continue
+    for tid in task_ids():
+        spec = task_spec(tid)  # spec.py only: building the parser never imports torch
         tp = tasks.add_parser(tid, help=spec.title, description=f"{spec.title}. {spec.description} "
                               f"({spec.paper}). Research use only, not for diagnosis.")
         for inp in spec.inputs:
@@ -41,6 +38,8 @@ def add_common_run_args(tp: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
+    # deliberate lazy import: the runner pulls in SimpleITK and, through the pipeline, torch;
+    # `petdiffusion --help` and `spec` must not pay for it
     from PETDiffusionLib.tasks.runner import run_task
     spec = args.spec
     inputs = {i.name: getattr(args, i.name) for i in spec.inputs if getattr(args, i.name)}

@@ -1,9 +1,12 @@
-"""`petdiffusion spec [TASK]`: the task specs as JSON (read by the Slicer panels and docs)."""
+"""`petdiffusion spec [TASK]`: the task specs as JSON (read by the Slicer panels and docs).
+
+Reads only each task's ``spec.py`` (no torch), so it answers at once.
+"""
 from __future__ import annotations
 
 import json
 
-from PETDiffusionLib.tasks.registry import available_tasks, get_task
+from PETDiffusionLib.tasks.registry import task_ids, task_spec
 
 
 def register(sub) -> None:
@@ -13,6 +16,6 @@ def register(sub) -> None:
 
 
 def _spec(args) -> int:
-    ids = [args.task] if args.task else available_tasks()
-    print(json.dumps({tid: get_task(tid).SPEC.to_json() for tid in ids}, indent=2))
+    ids = [args.task] if args.task else task_ids()
+    print(json.dumps({tid: task_spec(tid).to_json() for tid in ids}, indent=2))
     return 0
