@@ -20,6 +20,12 @@ import time
 import torch
 
 from PETDiffusionLib.device import choose_device
+from PETDiffusionLib.diffusion.bridge import BrownianBridge
+from PETDiffusionLib.diffusion.ddpm import DEFAULT_STEPS, ConditionalDiffusion
+from PETDiffusionLib.diffusion.edm import DEFAULT_STEPS as EDM_STEPS
+from PETDiffusionLib.diffusion.edm import EDM
+from PETDiffusionLib.diffusion.windows import WindowedNet
+from PETDiffusionLib.networks.builders import build, diffusion_unet_spec
 
 
 def _out(line: str = "") -> None:
@@ -28,7 +34,6 @@ def _out(line: str = "") -> None:
 
 
 def unet(spatial_dims: int, in_channels: int, channels=(32, 64, 64)):
-    from PETDiffusionLib.networks.builders import build, diffusion_unet_spec
     return build(diffusion_unet_spec(spatial_dims, in_channels, 1, channels))
 
 
@@ -47,10 +52,6 @@ class CountingNet:
 
 
 def bench_samplers(args) -> int:
-    from PETDiffusionLib.diffusion.bridge import BrownianBridge
-    from PETDiffusionLib.diffusion.ddpm import DEFAULT_STEPS, ConditionalDiffusion
-    from PETDiffusionLib.diffusion.edm import DEFAULT_STEPS as EDM_STEPS
-    from PETDiffusionLib.diffusion.edm import EDM
 
     device = choose_device(getattr(args, "device", None))
     size = int(getattr(args, "size", 0) or (128 if device.type == "cuda" else 64))
@@ -107,7 +108,6 @@ WINDOW_NET_CHANNELS = (8, 16)
 
 
 def _window_step(volume: int, window: int, device: torch.device, run: bool = True) -> None:
-    from PETDiffusionLib.diffusion.windows import WindowedNet
     torch.manual_seed(0)
     net = unet(3, 2, WINDOW_NET_CHANNELS).to(device).eval()
     if not run:

@@ -5,13 +5,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from PETDiffusionLib.phantom.case import PhantomConfig, simulate_case, write_case
+from PETDiffusionLib.physics.acquisition import AcquisitionConfig
+from PETDiffusionLib.physics.projector import ProjectorGeometry, get_projector
+
 
 def bench_phantom_case(args=None) -> str:
-    import torch
-
-    from PETDiffusionLib.phantom.case import PhantomConfig, simulate_case, write_case
-    from PETDiffusionLib.physics.acquisition import AcquisitionConfig
-    from PETDiffusionLib.physics.projector import ProjectorGeometry, get_projector
     torch.set_num_threads(1)
     repeat = max(1, int(getattr(args, "repeat", 1) or 1))
     cfg = PhantomConfig()

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
+
 
 def demo_phantom(out_dir: Path, size: int = 64, slices: int = 80, seed: int = 7) -> list[str]:
     """Simulate one small synthetic case into ``out_dir/phantom`` and return lines describing it."""
-    from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
     out = Path(out_dir) / "phantom"
     cfg = PhantomConfig(size=size, slices=slices)
     (case_dir,) = generate_cohort(out, 1, seed, cfg)

@@ -1,10 +1,15 @@
 """A montage PNG of one simulated case: coronal and axial views of every image (docs/phantom_montage.png)."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+
+from PETDiffusionLib.io.atomic import atomic_path
+from PETDiffusionLib.io.images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,6 @@ def save_montage(images: dict[str, np.ndarray], spacing_xyz: tuple[float, float,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from PETDiffusionLib.io.atomic import atomic_path
 
     panels = [p for p in PANELS if p[0] in images]
     ref = images["ct"]
@@ -59,10 +63,6 @@ def save_montage(images: dict[str, np.ndarray], spacing_xyz: tuple[float, float,
 
 def montage_from_case_dir(case_dir: Path, path: Path) -> Path:
     """Montage of a case folder written by ``petdiffusion phantom``."""
-    import json
-
-    from PETDiffusionLib.io.images import read_image
-    import SimpleITK as sitk
 
     case_dir = Path(case_dir)
     images = {}

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from PETDiffusionLib.phantom.anatomy import LABEL_ID
+from PETDiffusionLib.phantom.case import generate_anatomy_and_uptake
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def measure_organs(organs: np.ndarray, suv: np.ndarray, spacing_xyz) -> dict[tup
 
 def population_table(n: int, seed: int, cfg) -> dict:
     """Per sex: list of measurements of ``n`` phantoms (anatomy + true SUV only)."""
-    from PETDiffusionLib.phantom.case import generate_anatomy_and_uptake
     rows: dict[str, list[dict]] = {"M": [], "F": []}
     for i in range(n):
         _, anat, _, suv = generate_anatomy_and_uptake(seed, i, cfg)

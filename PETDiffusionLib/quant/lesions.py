@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import same_grid
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def check_suv_image(suv_img: sitk.Image, name: str | None = None) -> np.ndarray:
 
 
 def _check_grid(ref: sitk.Image, other: sitk.Image, ref_name: str, other_name: str) -> None:
-    from PETDiffusionLib.io.images import same_grid
     if not same_grid(ref, other):
         raise InputError(
             f"not on the grid of {ref_name}: size {other.GetSize()} vs {ref.GetSize()}, spacing "

@@ -7,7 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PETDiffusionLib.quant.lesions import (_check_grid, _name, check_suv_image, label_array,
-                                           voxel_volume_ml)
+                                           percist_threshold, voxel_volume_ml)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ def liver_reference_check(suv_img: sitk.Image, organ_img: sitk.Image,
 
     None when the organ names hold no liver.
     """
-    from PETDiffusionLib.quant.lesions import percist_threshold
     if not any("liver" in str(v).lower() for v in (names or {}).values()):
         return None
     th = percist_threshold(suv_img, organ_img, names)
