@@ -14,9 +14,14 @@ import torch
 from PETDiffusionLib.cli.main import build_parser
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, same_grid, write_image
-from PETDiffusionLib.networks import cpdm
+from PETDiffusionLib.methods.cpdm import intensities as cpdm
+from PETDiffusionLib.methods.cpdm import transforms
+from PETDiffusionLib.models.card import build_network
+from PETDiffusionLib.models.registry import load_model_folder, resolve_model, save_model_folder, sha256_file
 from PETDiffusionLib.physics.attenuation import hu_to_mu
-from PETDiffusionLib.tasks import ct_to_pet
+from PETDiffusionLib.tasks.ct_to_pet import evaluate as ctp_evaluate
+from PETDiffusionLib.tasks.ct_to_pet import pipeline, spec as ctp_spec
+from PETDiffusionLib.tasks.ct_to_pet.bench import simple_ct
 from PETDiffusionLib.tasks.runner import run_task
 from PETDiffusionLib.training.recipes import ct_to_pet as recipe
 
@@ -34,14 +39,12 @@ def tiny_config() -> dict:
 
 def make_tiny_model(folder: Path, variant: str = "cpdm") -> Path:
     """A model folder with the task's real card layout and randomly initialised tiny networks."""
-    from PETDiffusionLib.models.registry import save_model_folder
     torch.manual_seed(0)
     cfg = tiny_config()
     sp = recipe.specs(cfg)
     stage = "regression" if variant == "regression" else f"bridge:{variant}"
-    nets = {"autoencoder": cpdm.build(sp["autoencoder"]["class"], sp["autoencoder"]["args"]),
-            "attention": cpdm.build(sp["attention"]["class"], sp["attention"]["args"]),
-            "denoiser": cpdm.build(sp[stage]["class"], sp[stage]["args"])}
+    nets = {"autoencoder": build_network(sp["autoencoder"]), "attention": build_network(sp["attention"]),
+            "denoiser": build_network(sp[stage])}
     s, m = recipe.VARIANTS.get(variant, (True, True))
     floor = {c: float(i) * 0.5 for i, c in enumerate(cpdm.TISSUE_CLASSES)}
     card = recipe.model_card(cfg, variant, s, m, {"latent_scale": 1.0}, floor, {}, "test")
@@ -50,7 +53,7 @@ def make_tiny_model(folder: Path, variant: str = "cpdm") -> Path:
 
 
 def tiny_ct(tmp_path: Path, name: str = "ct.nii.gz", spacing=(5.0, 4.5, 6.0), flip: bool = True) -> Path:
-    img = ct_to_pet.simple_ct((12, 40, 44), spacing)
+    img = simple_ct((12, 40, 44), spacing)
     if flip:  # a non-LPS orientation: the task must return results on this grid all the same
         img.SetDirection((-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
         img.SetOrigin((100.0, -50.0, 20.0))
@@ -67,7 +70,7 @@ def tiny_model(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 def test_spec_declares_ct_input_parameters_and_synthetic_outputs():
-    spec = ct_to_pet.SPEC
+    spec = ctp_spec.SPEC
     assert spec.id == "ct-to-pet"
     assert [i.name for i in spec.inputs] == ["ct", "organs"]
     assert spec.inputs[0].required and spec.inputs[0].units == "HU"
@@ -179,13 +182,13 @@ def test_pet_given_as_ct_is_refused_naming_the_file(tmp_path, tiny_model):
 
 def test_ct_labelled_suv_is_refused(tmp_path, tiny_model):
     path = tmp_path / "labelled.nii.gz"
-    write_image(ct_to_pet.simple_ct((8, 32, 32)), path, units="SUVbw")
+    write_image(simple_ct((8, 32, 32)), path, units="SUVbw")
     with pytest.raises(InputError, match="labelled 'SUVbw'"):
         run_task("ct-to-pet", {"ct": str(path)}, {}, tmp_path / "out", model_path=str(tiny_model))
 
 
 def test_ct_with_nans_is_refused(tmp_path, tiny_model):
-    img = ct_to_pet.simple_ct((8, 32, 32))
+    img = simple_ct((8, 32, 32))
     arr = sitk.GetArrayFromImage(img)
     arr[2, 5, 5] = np.nan
     bad = sitk.GetImageFromArray(arr)
@@ -198,23 +201,22 @@ def test_ct_with_nans_is_refused(tmp_path, tiny_model):
 
 def test_regression_baseline_and_floor_run_through_the_same_pipeline(tmp_path):
     folder = make_tiny_model(tmp_path / "reg", "regression")
-    nets, card = ct_to_pet.load_model(folder)
-    ct = ct_to_pet.simple_ct((8, 32, 36), (4.0, 4.0, 4.0))
-    out = ct_to_pet.synthesize(ct, nets, card, steps=5)
+    nets, card = pipeline.load_model(folder)
+    ct = simple_ct((8, 32, 36), (4.0, 4.0, 4.0))
+    out = pipeline.synthesize(ct, nets, card, steps=5)
     assert same_grid(out["pet"], ct)
-    floor = sitk.GetArrayFromImage(ct_to_pet.floor_prediction(ct, card))
+    floor = sitk.GetArrayFromImage(ctp_evaluate.floor_prediction(ct, card))
     # tiny card floor: class i -> 0.5 i; air outside is class 0, the lungs class 1, bone class 4
     hu = sitk.GetArrayFromImage(ct)
     assert np.all(floor[hu > 300] == 2.0) and floor[0, 0, 0] == 0.0
 
 
 def test_shipped_model_loads_and_its_hash_checks():
-    from PETDiffusionLib.models.registry import load_model_folder, resolve_model, sha256_file
-    folder = resolve_model(ct_to_pet.MODEL_ID)
+    folder = resolve_model(ctp_spec.MODEL_ID)
     card = json.loads((folder / "card.json").read_text())
     assert card["weights_sha256"] == sha256_file(folder / "model.safetensors")
     assert card["task"] == "ct-to-pet" and "not for diagnosis" in card["intended_use"]
-    nets, card2 = load_model_folder(ct_to_pet.MODEL_ID)
+    nets, card2 = load_model_folder(ctp_spec.MODEL_ID)
     assert set(nets) == {"autoencoder", "attention", "denoiser"}
     assert card2["preprocessing"]["working_spacing_mm"] == [4.0, 4.0, 5.0]
     # the card states the autoencoder's reconstruction error (issue 7)
@@ -241,7 +243,7 @@ def test_real_dicom_ct_reads_kvp_from_the_header_and_returns_on_its_512_grid(tmp
 # CT-domain augmentation of the training recipe (issue 7, real CT)
 
 def _aug_inputs():
-    ct = sitk.GetArrayFromImage(ct_to_pet.simple_ct((6, 64, 64), (4.0, 4.0, 5.0), seed=3)).astype(np.float32)
+    ct = sitk.GetArrayFromImage(simple_ct((6, 64, 64), (4.0, 4.0, 5.0), seed=3)).astype(np.float32)
     pet = np.where(ct > 30, 2.0, 0.5).astype(np.float32) * (ct > -500)
     return ct, pet
 
@@ -250,8 +252,8 @@ def test_augmentation_keeps_shapes_dtype_and_a_sane_hu_range():
     ct, pet = _aug_inputs()
     rng = np.random.default_rng(0)
     for _ in range(5):
-        p = recipe.augment_params(rng, {"enabled": True, "fov_crop_p": 1.0})
-        a, (b,) = recipe.augment_ct(ct, [pet], p)
+        p = transforms.augment_params(rng, {"enabled": True, "fov_crop_p": 1.0})
+        a, (b,) = transforms.augment_ct(ct, [pet], p)
         assert a.shape == ct.shape and b.shape == pet.shape
         assert a.dtype == np.float32 and b.dtype == np.float32
         assert a.min() >= cpdm.CT_HU_MIN and a.max() <= cpdm.CT_HU_MAX
@@ -263,7 +265,7 @@ def test_augmentation_keeps_shapes_dtype_and_a_sane_hu_range():
 
 def test_augmentation_is_deterministic_for_a_seed_and_differs_between_seeds():
     ct, pet = _aug_inputs()
-    draw = lambda seed: recipe.augment_ct(ct, [pet], recipe.augment_params(np.random.default_rng(seed),
+    draw = lambda seed: transforms.augment_ct(ct, [pet], transforms.augment_params(np.random.default_rng(seed),
                                                                            {"enabled": True}))
     (a1, (b1,)), (a2, (b2,)), (a3, _) = draw(5), draw(5), draw(6)
     assert np.array_equal(a1, a2) and np.array_equal(b1, b2)
@@ -274,12 +276,12 @@ def test_augmentation_identity_parameters_change_nothing():
     ct, pet = _aug_inputs()
     p = {"noise": 0.0, "blur": 0.0, "scale": 1.0, "offset": 0.0, "zoom": 1.0, "shift": np.zeros(2),
          "flip": False, "crop": np.zeros(4), "noise_seed": 0}
-    a, (b,) = recipe.augment_ct(ct, [pet], p)
+    a, (b,) = transforms.augment_ct(ct, [pet], p)
     # atol 1 HU: voxels within 1 HU of -1024 are snapped to exact air (augment_ct)
     assert np.allclose(a, np.clip(ct, cpdm.CT_HU_MIN, cpdm.CT_HU_MAX), atol=1.0)
     assert np.allclose(b, pet, atol=1e-5)
     # a left-right flip moves the CT and the paired PET alike
-    a, (b,) = recipe.augment_ct(ct, [pet], {**p, "flip": True})
+    a, (b,) = transforms.augment_ct(ct, [pet], {**p, "flip": True})
     assert np.allclose(a, np.clip(ct, cpdm.CT_HU_MIN, None)[..., ::-1], atol=1.0) and np.allclose(b, pet[..., ::-1], atol=1e-5)
 
 
@@ -287,7 +289,7 @@ def test_truncated_field_of_view_is_air_in_ct_and_zero_in_pet():
     ct, pet = _aug_inputs()
     p = {"noise": 10.0, "blur": 0.5, "scale": 1.0, "offset": 5.0, "zoom": 1.0, "shift": np.zeros(2),
          "flip": False, "crop": np.array([0.0, 0.0, 0.25, 0.0]), "noise_seed": 1}
-    a, (b,) = recipe.augment_ct(ct, [pet], p)
+    a, (b,) = transforms.augment_ct(ct, [pet], p)
     assert np.all(a[..., :16] == cpdm.CT_HU_MIN) and np.all(b[..., :16] == 0.0)
     assert (a[..., 16:] > -500).any()
 
@@ -295,15 +297,15 @@ def test_truncated_field_of_view_is_air_in_ct_and_zero_in_pet():
 def test_augmentation_pairs_a_25d_stack_with_its_single_slice_mask():
     """The attention stage augments a (2c+1)-slice CT stack together with its one-slice target."""
     ct, pet = _aug_inputs()
-    p = recipe.augment_params(np.random.default_rng(2), {"enabled": True, "fov_crop_p": 1.0})
-    a, (m,) = recipe.augment_ct(ct[:3], [(pet[1:2] > 1).astype(np.float32)], p)
+    p = transforms.augment_params(np.random.default_rng(2), {"enabled": True, "fov_crop_p": 1.0})
+    a, (m,) = transforms.augment_ct(ct[:3], [(pet[1:2] > 1).astype(np.float32)], p)
     assert a.shape == (3, 64, 64) and m.shape == (1, 64, 64)
 
 
 def test_summary_counts_cases_beyond_15_percent_per_organ():
     rows = [{"mae_suv": 0.1, "psnr_db": 30.0, "ssim": 0.9, "seconds": 1.0, "organ_abs_error_pct_mean": abs(e),
              "organs": {"liver": {"error_pct": e}}} for e in (-20.0, 10.0, 16.0, -5.0)]
-    liver = ct_to_pet._summarise(rows)["organ_error_pct"]["liver"]
+    liver = ctp_evaluate._summarise(rows)["organ_error_pct"]["liver"]
     assert liver["cases_beyond_15pct"] == 2 and liver["cases"] == 4
     assert math.isclose(liver["mean_signed"], 0.25) and math.isclose(liver["mean_abs"], 12.75)
 

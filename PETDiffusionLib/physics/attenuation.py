@@ -61,3 +61,9 @@ def hu_to_mu(hu: np.ndarray, kvp: float = DEFAULT_KVP, method: str = "carney") -
 def attenuation_map(hu: np.ndarray, kvp: float = DEFAULT_KVP, method: str = "abella") -> np.ndarray:
     """CPDM's condition map M_mu = exp(-mu) per pixel (mu in 1/cm, i.e. per 1 cm path; CPDM §3.2)."""
     return np.exp(-hu_to_mu(hu, kvp, method)).astype(np.float32)
+
+
+BODY_HU = -500.0
+"""CT number that separates the body from the air around it: mid-way between air (-1000 HU) and
+the lightest soft tissue, fat (-50..-100 HU), PHYSICS.md §5. Lungs (-850..-910 HU) fall below it;
+a body mask that must include them fills the enclosed holes (methods.cpdm.intensities.body_mask)."""
