@@ -20,7 +20,6 @@ labels int64. A missing file is an InputError that names it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -35,6 +34,7 @@ from torch.utils.data import Dataset
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import read_image
+from PETDiffusionLib.phantom.cohort import case_info, list_cases
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,8 @@ def _low_count_file(folder: Path, percent: int | None) -> Path | None:
 def find_cohort_studies(root: str | Path, roles: Sequence[str],
                         low_count_percent: int | None = None) -> list[Study]:
     """Phantom cases ``root/case_XXXX`` that have every role in ``roles``."""
-    root = Path(root)
     studies = []
-    for folder in sorted(root.glob("case_*")):
-        if not folder.is_dir():
-            continue
+    for folder in list_cases(root):
         files = {}
         for role in roles:
             path = (_low_count_file(folder, low_count_percent) if role == "pet_low"
@@ -88,10 +85,7 @@ def find_cohort_studies(root: str | Path, roles: Sequence[str],
                         else COHORT_FILES.get(role, f"{role}.nii.gz"))
                 raise InputError(f"case lacks {want} (needed for role {role!r})", folder)
             files[role] = path
-        info = {}
-        if (folder / "case.json").is_file():
-            info = json.loads((folder / "case.json").read_text(encoding="utf-8"))
-        studies.append(Study(folder.name, folder, files, info))
+        studies.append(Study(folder.name, folder, files, case_info(folder)))
     return studies
 
 
