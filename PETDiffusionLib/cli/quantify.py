@@ -9,10 +9,17 @@ import argparse
 import json
 from pathlib import Path
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
 from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.atomic import staging_dir
+from PETDiffusionLib.io.checks import SUV_MAX_PLAUSIBLE, check_output_folder, check_suv_image
+from PETDiffusionLib.io.images import read_image, read_label, write_image
+from PETDiffusionLib.quant.lesions import SOURCE_KEY, label_array, segment_lesions
+from PETDiffusionLib.quant.tables import quantify, write_result
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
@@ -47,17 +54,39 @@ def read_organ_names(path: str | None) -> dict[int, str] | None:
         raise InputError(f'keys must be integer labels ({exc})', p) from exc
 
 
+def check_threshold(rule: str) -> None:
+    """``--threshold``: a positive SUV (at most the SUV range), NN% with 0 < NN < 100, or percist."""
+    s = str(rule).strip().lower()
+    if s == "percist":
+        return
+    try:
+        value = float(s[:-1]) if s.endswith("%") else float(s)
+    except ValueError:
+        raise InputError(f"bad threshold {rule!r} (use an SUV such as 2.5, a percentage of each "
+                         "lesion's SUVmax such as 41%, or percist)", "--threshold") from None
+    if s.endswith("%"):
+        if not 0.0 < value < 100.0:
+            raise InputError(f"relative threshold {rule!r} must lie between 0 and 100 %",
+                             "--threshold")
+    elif not (math.isfinite(value) and 0.0 < value <= SUV_MAX_PLAUSIBLE):
+        raise InputError(f"SUV threshold {rule!r} must be a positive SUV (at most "
+                         f"{SUV_MAX_PLAUSIBLE:g}); 2.5 is usual, 4.0 in lymphoma", "--threshold")
+
+
 def load_inputs(args) -> dict:
-    """Read the PET and masks named on the command line; each image remembers its file name."""
-    from PETDiffusionLib.io.images import read_image, read_label
-    from PETDiffusionLib.quant.lesions import SOURCE_KEY, check_suv_image, label_array
+    """Check the options and the output folder, then read the PET and masks named on the command
+    line (each image remembers its file name) and check the PET is in SUV (io/checks.py: the same
+    rules and messages as the tasks)."""
+    if not getattr(args, "lesions", None):
+        check_threshold(args.threshold)
+    check_output_folder(args.out)
 
     def tag(img: sitk.Image, path: str) -> sitk.Image:
         img.SetMetaData(SOURCE_KEY, str(path))
         return img
 
     pet = tag(read_image(args.pet), args.pet)
-    check_suv_image(pet)
+    check_suv_image(pet, args.pet)
     out = {"pet": pet, "lesions": None, "organs": None, "region": None,
            "organ_names": read_organ_names(getattr(args, "organ_names", None))}
     for key in ("lesions", "organs", "region"):
@@ -75,7 +104,6 @@ def load_inputs(args) -> dict:
 
 def lesions_and_thresholds(inputs: dict, threshold: str) -> tuple[sitk.Image | None, dict, bool]:
     """The lesion image (given or segmented by rule), the thresholds used, and whether segmented."""
-    from PETDiffusionLib.quant.lesions import segment_lesions
     if inputs["lesions"] is not None:
         return inputs["lesions"], {"rule": "lesion mask given",
                                    "mask": inputs["lesions"].GetMetaData("PETDiffusion.source")}, False
@@ -93,10 +121,6 @@ def register(sub) -> None:
 
 
 def _quantify(args) -> int:
-    from PETDiffusionLib.io.atomic import staging_dir
-    from PETDiffusionLib.io.images import write_image
-    from PETDiffusionLib.quant.tables import quantify, write_result
-
     inputs = load_inputs(args)
     lesions, thresholds, segmented = lesions_and_thresholds(inputs, args.threshold)
     result = quantify(inputs["pet"], lesions, inputs["organs"], inputs["organ_names"], thresholds)

@@ -26,6 +26,7 @@ from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.checks import SUV_MAX_PLAUSIBLE
 from PETDiffusionLib.io.metadata import add_warning, set_units
 from PETDiffusionLib.physics.suv import SUVFactor, SUVOverrides, required_tags_missing, suv_factor
+from PETDiffusionLib.physics.suv_rules import DEFAULT_LIMITS, SUVLimits
 
 log = logging.getLogger(__name__)
 
@@ -458,13 +459,18 @@ def _put_patient_metadata(img: sitk.Image, ds: Dataset, modality: str) -> None:
 
 def read_pet_suv(info_or_folder: SeriesInfo | str | os.PathLike, suv_type: str = "bw",
                  overrides: SUVOverrides | dict | None = None, series_uid: str | None = None,
-                 allow_gaps: bool = False) -> tuple[sitk.Image, SUVFactor]:
-    """A PET series in SUV (``suv_type`` bw, lbm, bsa, ibw) and the factor with its rule."""
+                 allow_gaps: bool = False, limits: SUVLimits = DEFAULT_LIMITS
+                 ) -> tuple[sitk.Image, SUVFactor]:
+    """A PET series in SUV (``suv_type`` bw, lbm, bsa, ibw) and the factor with its rule.
+
+    The factor's facts are checked against ``limits`` (docs/PHYSICS.md §1 "Plausibility rules")
+    before any pixel is read; the SUV image must stay below :data:`SUV_MAX_PLAUSIBLE`."""
     info = _select(info_or_folder, series_uid)
     if info.modality != "PT":
         raise InputError(f"series '{info.description}' is {info.modality or 'of unknown modality'}, "
                          "not PET (PT): no SUV", info.files[0].parent)
-    factor = suv_factor(info.headers, suv_type, overrides, path=info.files[0].parent)
+    factor = suv_factor(info.headers, suv_type, overrides, path=info.files[0].parent,
+                        limits=limits)
     img = read_series(info, allow_gaps=allow_gaps,
                       slice_factors=factor.slice_factors if factor.slice_factors is not None
                       else factor.factor)

@@ -23,7 +23,7 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian,
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import staging_dir
-from PETDiffusionLib.io.deid import deidentify
+from PETDiffusionLib.io.deid import UIDMap, deidentify
 from PETDiffusionLib.io.images import get_units, is_synthetic
 from PETDiffusionLib.physics.suv import suv_factor
 
@@ -133,7 +133,7 @@ def write_dicom_series(img: sitk.Image, out_dir: str | os.PathLike, modality: st
                        synthetic: bool | None = None, description: str = "",
                        derivation: str = "", template: Dataset | None = None,
                        deidentify_output: bool = True, study_uid: str | None = None,
-                       pseudo_id: str = "ANONYMOUS") -> list[Path]:
+                       pseudo_id: str = "ANONYMOUS", uid_map: UIDMap | None = None) -> list[Path]:
     """Write ``img`` into ``out_dir`` as one DICOM file per slice; returns the paths.
 
     PET (``modality="PT"``) needs ``pet`` (the SUV header facts). ``units`` is what the stored values
@@ -141,6 +141,9 @@ def write_dicom_series(img: sitk.Image, out_dir: str | os.PathLike, modality: st
     with the factor this project's own :func:`suv_factor` computes from the header written, so the
     reader gets the same SUV back. ``synthetic`` defaults to the image's PETDiffusion.synthetic flag.
     Everything is written to a staging folder and moved into ``out_dir`` only when complete.
+    With ``deidentify_output`` (the default) every file is de-identified (io/deid.py, PS3.15 basic
+    profile) and a StudyInstanceUID taken from ``template`` is replaced through ``uid_map`` (pass
+    one map to all series of one export so they stay one study).
     """
     modality = modality.upper()
     if img.GetDimension() != 3:
@@ -153,8 +156,11 @@ def write_dicom_series(img: sitk.Image, out_dir: str | os.PathLike, modality: st
     if not np.all(np.isfinite(arr)):
         raise InputError("image holds NaN or infinite values; cannot export to DICOM")
     when = pet.series_time if pet else datetime.now()
-    study_uid = study_uid or (template.StudyInstanceUID if template is not None
-                              and "StudyInstanceUID" in template else generate_uid())
+    if study_uid is None and template is not None and "StudyInstanceUID" in template:
+        study_uid = str(template.StudyInstanceUID)
+        if deidentify_output:
+            study_uid = (uid_map if uid_map is not None else UIDMap()).new(study_uid)
+    study_uid = study_uid or generate_uid()
     series_uid, for_uid = generate_uid(), generate_uid()
     base = _base_dataset(modality, synthetic, description, derivation, template, study_uid,
                          series_uid, for_uid, when)

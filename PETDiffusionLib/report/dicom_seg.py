@@ -20,6 +20,8 @@ import SimpleITK as sitk
 from PETDiffusionLib import __version__
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_path
+from PETDiffusionLib.io.deid import copy_deidentification_status
+from PETDiffusionLib.io.images import same_grid
 from PETDiffusionLib.quant.lesions import _name, label_array
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,6 @@ def write_dicom_seg(label_img: sitk.Image, source_datasets: list[pydicom.Dataset
     if not source_datasets:
         raise InputError("no source DICOM instances given", "source series")
     ordered, ref = _sorted_geometry(list(source_datasets))
-    from PETDiffusionLib.io.images import same_grid
     mask_name = _name(label_img, "label map")
     if not same_grid(ref, label_img, tol=1e-3):
         raise InputError(f"not on the grid of the source DICOM series: size {label_img.GetSize()} vs "
@@ -142,6 +143,9 @@ def write_dicom_seg(label_img: sitk.Image, source_datasets: list[pydicom.Dataset
         software_versions=__version__, device_serial_number="none",
         series_description=series_description[:64],
         content_description="Research use only, not for diagnosis")
+    # the SEG copies the sources' patient and study attributes (de-identified ones when the report
+    # command de-identified them, io/deid.py); say so truthfully (PS3.15 E.1)
+    copy_deidentification_status(list(source_datasets), seg)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp)

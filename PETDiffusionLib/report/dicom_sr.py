@@ -16,6 +16,7 @@ import pydicom
 from PETDiffusionLib import __version__
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_path
+from PETDiffusionLib.io.deid import copy_deidentification_status
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def write_lesion_sr(lesion_rows: list[dict], seg: pydicom.Dataset | str | os.Pat
         evidence=[seg, *source_datasets], content=report[0], series_instance_uid=hd.UID(),
         series_number=901, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="PETDiffusion", series_description="PETDiffusion lesion measurements")
+    copy_deidentification_status(list(source_datasets), sr)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         sr.save_as(tmp)
