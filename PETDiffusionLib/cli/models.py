@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import json
 
-from PETDiffusionLib.models.card import read_card
-from PETDiffusionLib.models.registry import list_models, resolve_model, verify_weights
-
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list shipped models, show a model card, verify weights")
@@ -16,6 +13,9 @@ def register(sub) -> None:
 
 
 def _models(args) -> int:
+    # deliberate lazy import: the model registry imports torch, which `petdiffusion --help` must not
+    from PETDiffusionLib.models.card import read_card
+    from PETDiffusionLib.models.registry import list_models, resolve_model, verify_weights
     if args.action == "list":
         models = list_models()
         if args.json:
