@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from PETDiffusionLib.cli.main import main
 from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import read_image
 from PETDiffusionLib.report.pdf import make_report
 
 
@@ -142,3 +143,159 @@ def test_report_with_60_lesions_and_45_organs_stays_within_two_pages(tmp_path):
     assert "absent from the organ map: organ 46" in text
     with open(paths["lesions_csv"]) as f:
         assert len(f.read().strip().splitlines()) == 61
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 18: the report as a nuclear-medicine physician reads it
+# --------------------------------------------------------------------------------------------
+STS001_PET_DICOM = ("petct_sts", "dicom", "STS_001", "PET", "image")
+
+
+def test_cli_report_on_real_sts001_pet_dicom_prints_study_header_units_and_lesions_by_suvmax(
+        shared_data, tmp_path, capsys):
+    """The scanner's own series (GE Discovery ST, Units GML): tracer, injected activity (tag
+    3.88777472E8 Bq), uptake 10:35:00 -> 11:20:11 = 45.18 min, SUV type; units on MTV and TLG."""
+    dicom = shared_data.joinpath(*STS001_PET_DICOM)
+    rc = main(["report", "--pet", str(dicom), "--dicom-source", str(dicom), "--patient-id", "STS-pseudo-9",
+               "--out", str(tmp_path / "r")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for line in ("Tracer: FDG -- fluorodeoxyglucose (18F)", "Injected activity: 388.8 MBq",
+                 "Injection time: 10:35:00", "Scan start: 11:20:11", "Uptake interval: 45.2 min",
+                 "Weight: 71.0 kg", "Height: 163 cm", "Scanner: GE MEDICAL SYSTEMS Discovery ST",
+                 "SUV type: SUVbw - Units GML", "Patient ID (pseudonym): STS-pseudo-9", "Study date: 2000-09-07"):
+        assert line in out, line
+    lesion_lines = [ln for ln in out.splitlines() if ln.strip().startswith("lesion ")]
+    assert len(lesion_lines) == 10
+    suvmax = [float(ln.split("SUVmax ")[1].split(" SUVbw")[0]) for ln in lesion_lines]
+    assert suvmax == sorted(suvmax, reverse=True)
+    pet = sitk.GetArrayFromImage(read_image(dicom))
+    assert suvmax[0] == pytest.approx(float(pet.max()), abs=0.005)          # 25.41
+    assert "MTV" in lesion_lines[0] and " mL" in lesion_lines[0] and "SUVbw*mL" in lesion_lines[0]
+    assert "TMTV" in out and "TTLG" in out and out.count("SUVbw*mL") >= 11
+    text = " ".join(pdf_text(tmp_path / "r" / "report.pdf").split())   # table headings wrap
+    for piece in ("Tracer:", "FDG -- fluorodeoxyglucose (18F)", "388.8 MBq", "45.2 min", "SUVbw - Units GML",
+                  "MTV (mL)", "TLG (SUVbw*mL)", "SUVmax (SUVbw)", "highest SUVmax first", "OSEM"):
+        assert piece in text, piece
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["study"]["uptake_min"] == pytest.approx(45 + 11 / 60, abs=1e-9)
+    assert report["study"]["injected_mbq"] == pytest.approx(388.777472)
+    by_max = report["lesion_ids_by_suvmax"]
+    rows = {r["lesion_id"]: r for r in report["lesions"]}
+    assert [rows[i]["suv_max"] for i in by_max] == sorted((r["suv_max"] for r in rows.values()), reverse=True)
+
+
+def test_study_header_of_the_whole_body_bqml_series_shows_the_decay_rule(shared_data):
+    """Units BQML, DecayCorrection START: the SUV rule the DICOM reader applied is printed with the type."""
+    from PETDiffusionLib.report.dicom_seg import source_series
+    from PETDiffusionLib.report.study import header_lines, study_header
+    folder = shared_data / "petwb_sts001" / "PET" / "image"
+    study = study_header(read_image(folder), source_series(folder))
+    lines = header_lines(study)
+    assert lines["Injected activity"] == "388.8 MBq" and lines["Uptake interval"] == "45.2 min"
+    assert lines["SUV type"].startswith("SUVbw - Units BQML; DecayCorrection START")
+    assert study["stored_units"] == "BQML" and study["decay_correction"] == "START"
+
+
+def organ_phantom():
+    """A 40^3 grid at 2 mm: liver (label 1, SUV 2.0), aorta (label 2, SUV 1.6), lung (label 3, 0.5),
+    a lesion in the liver (SUV 8, 3x3x3) and one in the lung (SUV 5, 2x2x2); a low-count 'input'
+    PET that is 10 % higher in the first lesion and 20 % lower in the second."""
+    suv = np.full((40, 40, 40), 0.5, np.float32)
+    organs = np.zeros(suv.shape, np.uint8)
+    organs[5:35, 2:22, 2:22] = 1
+    suv[organs == 1] = 2.0
+    organs[5:35, 26:32, 26:32] = 2
+    suv[organs == 2] = 1.6
+    organs[5:35, 2:22, 24:25] = 3
+    organs[5:35, 30:38, 2:20] = 3
+    lesions = np.zeros(suv.shape, np.uint8)
+    lesions[5:8, 3:6, 3:6] = 1                 # a liver corner, outside the 3 cm reference sphere
+    suv[5:8, 3:6, 3:6] = 8.0
+    lesions[20:22, 33:35, 5:7] = 1
+    suv[20:22, 33:35, 5:7] = 5.0
+    low = suv.copy()
+    low[5:8, 3:6, 3:6] = 8.8
+    low[20:22, 33:35, 5:7] = 4.0
+
+    def img(a):
+        i = sitk.GetImageFromArray(a)
+        i.SetSpacing((2.0, 2.0, 2.0))
+        i.SetOrigin((-40.0, -30.0, 100.0))
+        return i
+    return img(suv), img(lesions), img(organs), {1: "liver", 2: "aorta", 3: "lung"}, img(low)
+
+
+def test_lesions_carry_their_organ_ras_centroid_and_the_measured_input_suvs(tmp_path):
+    pet, lesions, organs, names, low = organ_phantom()
+    paths = make_report(tmp_path, pet, lesions, organs, names, task="denoise-segment", model_id="m",
+                        model_version="1", synthetic=True, input_pet=low)
+    report = json.loads(paths["report_json"].read_text())
+    rows = sorted(report["lesions"], key=lambda r: r["lesion_id"])
+    assert [r["organ"] for r in rows] == ["liver", "lung"]
+    assert [r["input_suv_max"] for r in rows] == pytest.approx([8.8, 4.0])
+    assert [r["suv_max"] for r in rows] == pytest.approx([8.0, 5.0])
+    # centroid of voxels x, y 3..5 and z 5..7 at 2 mm from the origin (-40, -30, 100) LPS = (-32, -22, 112);
+    # Slicer shows RAS: (32, 22, 112)
+    first = rows[0]
+    assert (first["centroid_x_mm"], first["centroid_y_mm"], first["centroid_z_mm"]) == pytest.approx((-32, -22, 112))
+    assert (first["centroid_r_mm"], first["centroid_a_mm"], first["centroid_s_mm"]) == pytest.approx((32, 22, 112))
+    assert first["input_suv_peak"] > first["suv_peak"]            # input 10 % higher in that lesion
+    with open(paths["lesions_csv"], newline="") as f:
+        header = next(csv.reader(f))
+    assert header[-6:] == ["centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "organ", "input_suv_max",
+                           "input_suv_peak"]
+    text = pdf_text(paths["report_pdf"])
+    assert "Input SUVmax" in text and "8.80" in text and "4.00" in text
+    assert "32.0, 22.0, 112.0" in text and "Site" in text
+    table = text[text.index("highest SUVmax first"):]
+    # the liver lesion (SUVmax 8) before the lung lesion (SUVmax 5, centroid RAS (29, -37, 141))
+    assert table.index("32.0, 22.0, 112.0") < table.index("29.0, -37.0, 141.0")
+    assert table.index("liver") < table.index("lung")
+
+
+def test_percist_liver_threshold_and_mediastinal_blood_pool_are_reported(tmp_path):
+    """Uniform organs make the references exact: liver 2.0 (SD 0): PERCIST 1.5 x 2.0 + 2 x 0 = 3.00;
+    blood pool 1.6: 2.0 x 1.6 + 0 = 3.20 (Wahl 2009)."""
+    pet, lesions, organs, names, _ = organ_phantom()
+    paths = make_report(tmp_path, pet, lesions, organs, names, task="quantify", model_id=None,
+                        model_version=None, synthetic=False)
+    refs = json.loads(paths["report_json"].read_text())["references"]
+    assert refs["liver"]["reference_mean"] == pytest.approx(2.0) and refs["liver"]["threshold_suv"] == pytest.approx(3.0)
+    assert refs["blood_pool"]["reference_mean"] == pytest.approx(1.6)
+    assert refs["blood_pool"]["threshold_suv"] == pytest.approx(3.2)
+    text = pdf_text(paths["report_pdf"])
+    assert "PERCIST threshold 1.5 x mean + 2 x SD = 3.00 SUVbw" in text
+    assert "Mediastinal blood pool" in text and "= 3.20 SUVbw" in text
+    assert "within the EANM liver range" in text
+
+
+def test_summary_json_keys_stay_those_of_the_baseline_demo(tmp_path):
+    """The baseline demo comparison diffs summary.json: new report facts go to report.json only."""
+    pet, lesions, organs, names, low = organ_phantom()
+    paths = make_report(tmp_path, pet, lesions, organs, names, task="denoise-segment", model_id="m",
+                        model_version="1", synthetic=True, input_pet=low)
+    keys = set(json.loads(paths["summary_json"].read_text()))
+    assert keys == {"tmtv_ml", "ttlg", "lesion_count", "thresholds", "lesion_mask_given", "organ_map_given",
+                    "voxel_spacing_mm", "grid_size", "voxel_volume_ml", "suv_units", "definitions", "software",
+                    "created_utc", "research_use_only", "liver_reference"}
+
+
+def test_report_without_lesions_has_no_lesion_panel_and_formatted_task_details(tmp_path):
+    """ct-to-pet: organs but no lesion mask: two MIP panels (no empty scatter), no lesion caption; the
+    task details print kVp 120 as 120, not 120.0000."""
+    from PIL import Image
+    import io as _io
+    from PETDiffusionLib.report.pdf import _mip_figure
+    pet, lesions, organs, names, _ = organ_phantom()
+    paths = make_report(tmp_path, pet, None, organs, names, task="ct-to-pet", model_id="cpdm", model_version="0.2.0",
+                        synthetic=True, extra={"kVp": 120.0, "kVp source": "default", "steps": 5, "nrmse": 0.12345})
+    text = pdf_text(paths["report_pdf"])
+    assert "kVp: 120" in text and "kVp: 120." not in text and "nrmse: 0.1235" in text and "steps: 5" in text
+    assert "lesion contours" not in text and "Lesions: not measured" in text
+    without = Image.open(_io.BytesIO(_mip_figure(pet, None, None, True)))
+    with_lesions = Image.open(_io.BytesIO(_mip_figure(pet, lesions, [
+        {"lesion_id": 1, "volume_ml": 0.2, "suv_max": 8.0, "centroid_x_mm": -32, "centroid_y_mm": -22,
+         "centroid_z_mm": 112}], True)))
+    assert without.size[0] / without.size[1] == pytest.approx(5.2 / 3.1, rel=0.02)      # two panels
+    assert with_lesions.size[0] / with_lesions.size[1] == pytest.approx(7.3 / 3.1, rel=0.02)  # three
