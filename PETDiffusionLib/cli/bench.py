@@ -1,13 +1,34 @@
-"""`petdiffusion bench NAME`: benchmark commands that print the figures the issues name.
+"""`petdiffusion bench NAME [--json FILE]`: the speed and memory of every task, and other benches.
 
-Benchmarks are commands, never timed tests. Each entry is "module:function"; the function takes the
-parsed args and returns its figures as text (printed here) or an exit status.
+NAME is a registered task (``registry.task_ids()``), one of the library benches below, or ``all``.
+A task's bench is its ``tasks/<package>/bench.py``: ``TITLE`` and ``bench(args) -> dict`` of figures
+(seconds per volume at a stated size, network evaluations per volume counted with forward hooks,
+the seed paper's sampler cost). It runs in a child process whose peak resident memory
+(``ru_maxrss``) is added as ``peak_rss_mb`` (batch/measure.py). ``--json FILE`` writes every
+figure, with the machine they were measured on; ``make bench`` writes ``bench.json``.
+
+Benchmarks are commands, never timed tests.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime
 import importlib
+import io
+import json
+import os
+import platform
+import sys
+import time
 
-BENCHES: dict[str, tuple[str, str]] = {
+from PETDiffusionLib import __version__
+from PETDiffusionLib.io.atomic import atomic_write_text
+from PETDiffusionLib.tasks.registry import task_ids, task_part
+
+# The library's own benches (not tasks): "module:function" (function(args) prints its figures or
+# returns them as text) and what it measures.
+LIBRARY_BENCHES: dict[str, tuple[str, str]] = {
     "lesions": ("PETDiffusionLib.quant.bench:bench_lesion_table",
                 "lesion table for a 256x256x300 SUV volume with 50 lesions (target < 5 s)"),
     "phantom": ("PETDiffusionLib.phantom.bench:bench_phantom_case",
@@ -16,30 +37,96 @@ BENCHES: dict[str, tuple[str, str]] = {
                  "time per network evaluation and per sample for each sampler"),
     "windows": ("PETDiffusionLib.diffusion.bench:bench_windows",
                 "peak memory of a 3D windowed step vs window and volume size"),
-    "denoise-segment": ("PETDiffusionLib.tasks.denoise_segment:bench",
-                        "128x128x160 low-count PET end to end (target < 3 min)"),
-    "ct-to-pet": ("PETDiffusionLib.tasks.ct_to_pet:bench",
-                  "128x128x160 CT to synthetic PET at default steps (target < 2 min)"),
 }
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES))
-    p.add_argument("name", choices=list(BENCHES) + ["all"])
-    p.add_argument("--repeat", type=int, default=1)
+    names = task_ids() + list(LIBRARY_BENCHES)
+    p = sub.add_parser("bench", help="benchmarks: every task (speed, network evaluations, memory, "
+                       "the paper's sampler cost) and " + ", ".join(LIBRARY_BENCHES),
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=names + ["all"])
+    p.add_argument("--repeat", type=int, default=1, help="runs per bench; the fastest is kept")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, mps")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON")
     p.set_defaults(func=_bench)
 
 
+def run_task_bench(task: str, device: str = "auto", repeat: int = 1) -> dict:
+    """In the child process: the task's bench.py, its figures as a dict."""
+    mod = task_part(task, "bench")
+    result = mod.bench(argparse.Namespace(device=device, repeat=repeat))
+    figures = dict(result) if isinstance(result, dict) else {"text": str(result)}
+    figures.setdefault("title", getattr(mod, "TITLE", task))
+    return figures
+
+
+def machine() -> dict:
+    """Where the figures were measured (they mean nothing without it)."""
+    import torch  # lazy on purpose: `petdiffusion --help` imports this module and stays torch-free
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        info["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def format_task(task: str, f: dict) -> str:
+    if "text" in f and "seconds_per_volume" not in f:
+        return f["text"]
+    lines = [f"{task}: {f.get('volume', '')}",
+             f"  seconds per volume: {f['seconds_per_volume']:.1f} s on {f.get('device', '?')} "
+             f"({f.get('torch_threads', '?')} torch thread(s))",
+             f"  network evaluations per volume: {f.get('network_evaluations', '?')} "
+             f"({f.get('evaluations_by_network', {})}; {f.get('evaluations_how', '')})",
+             f"  peak resident memory: {f.get('peak_rss_mb', 0):.0f} MB"]
+    paper = f.get("paper")
+    if paper:
+        lines.append(f"  paper's sampler: {paper.get('steps')} steps; "
+                     f"{paper.get('evaluations_per_volume', '?')} network evaluations per volume"
+                     + (f"; {paper['seconds_per_evaluation_here'] * 1e3:.0f} ms per evaluation here"
+                        f" (~{paper['seconds_per_volume_here']:.0f} s per volume)"
+                        if paper.get("seconds_per_evaluation_here") else
+                        "; network not measured here (" + paper.get("network", "unknown") + ")"))
+    return "\n".join(lines)
+
+
 def _bench(args) -> int:
-    names = list(BENCHES) if args.name == "all" else [args.name]
-    rc = 0
+    names = task_ids() + list(LIBRARY_BENCHES) if args.name == "all" else [args.name]
+    from PETDiffusionLib.batch.measure import run_child  # lazy: imports torch (see machine())
+    report = {"library_version": __version__,
+              "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "tasks": {}, "library_benches": {}}
     for name in names:
-        target, what = BENCHES[name]
-        mod, fn = target.split(":")
-        print(f"== bench {name}: {what}")
-        result = getattr(importlib.import_module(mod), fn)(args)
-        if isinstance(result, str):  # library benches return their figures as text
-            print(result)
-            result = 0
-        rc |= int(result or 0)
-    return rc
+        t0 = time.monotonic()
+        if name in task_ids():
+            print(f"== bench {name}", flush=True)
+            figures, peak_mb = run_child("PETDiffusionLib.cli.bench", "run_task_bench",
+                                         {"task": name, "device": args.device, "repeat": args.repeat})
+            figures["peak_rss_mb"] = round(peak_mb, 1)
+            figures["peak_rss_how"] = "ru_maxrss of the child process that ran the bench"
+            report["tasks"][name] = figures
+            print(format_task(name, figures), flush=True)
+        else:
+            target, what = LIBRARY_BENCHES[name]
+            print(f"== bench {name}: {what}", flush=True)
+            mod, fn = target.split(":")
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                result = getattr(importlib.import_module(mod), fn)(args)
+            text = buf.getvalue() + (result + "\n" if isinstance(result, str) else "")
+            sys.stdout.write(text)
+            report["library_benches"][name] = {"what": what, "output": text.rstrip("\n").splitlines(),
+                                               "seconds": round(time.monotonic() - t0, 1)}
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0

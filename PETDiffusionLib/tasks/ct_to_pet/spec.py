@@ -54,4 +54,9 @@ SPEC = TaskSpec(
     ),
     model_id=MODEL_ID,
     slicer_module="CTtoPETSynthesis",
+    # summary.csv of `petdiffusion batch` (batch/headline.py): the kVp used for HU->mu and, when an
+    # organ map was given, the synthetic PET's SUVmean in the PERCIST reference regions (liver,
+    # blood pool; Wahl 2009) and the spleen
+    headline=("manifest:kvp", "organs_csv:liver:suv_mean", "organs_csv:aorta:suv_mean",
+              "organs_csv:spleen:suv_mean"),
 )

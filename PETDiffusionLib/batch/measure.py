@@ -1,0 +1,117 @@
+"""What one study costs, for sizing a cohort run: network evaluations and peak memory.
+
+- :func:`count_forward_calls`: forward hooks on every network of a loaded model (the object a
+  task's ``pipeline.load_model`` returns: networks in a tuple, list, dict or named tuple), counting
+  each network's calls while a study runs. A counted call is one network evaluation on whatever
+  batch the pipeline passed (a batch of 2.5D slices counts once).
+- :func:`run_child`: run a function in a fresh Python process and read its peak resident set size
+  (``ru_maxrss`` from ``os.wait4``; Linux reports kilobytes, getrusage(2)), so that one benchmark's
+  memory is not mixed with another's.
+
+``petdiffusion bench`` (cli/bench.py) and the tasks' bench.py use these.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+SUBNETWORK_SHARE = 0.1  # this project's choice: below it a child is glue (1x1 convs, embeddings)
+
+
+def networks_of(model: Any, prefix: str = "") -> dict[str, torch.nn.Module]:
+    """The outermost ``nn.Module`` objects inside a loaded model, named by their dict keys or
+    named-tuple fields (``{"denoiser": ..., "segmenter": ...}``)."""
+    if isinstance(model, torch.nn.Module):
+        return {prefix or type(model).__name__: model}
+    if isinstance(model, dict):
+        items = [(str(k), v) for k, v in model.items()]
+    elif isinstance(model, tuple) and hasattr(model, "_fields"):  # a NamedTuple
+        items = list(zip(model._fields, model))
+    elif isinstance(model, (list, tuple)):
+        items = [("", v) for v in model]  # positions carry no meaning: keep the parent's name
+    else:
+        return {}
+    found: dict[str, torch.nn.Module] = {}
+    for key, value in items:
+        for name, net in networks_of(value, ".".join(p for p in (prefix, key) if p)).items():
+            found[name if name not in found else f"{name}#{len(found)}"] = net
+    return found
+
+
+def _batch_size(inputs: tuple) -> int:
+    first = inputs[0] if inputs else None
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+
+@contextlib.contextmanager
+def count_forward_calls(model: Any) -> Iterator[dict[str, dict[str, int]]]:
+    """Counts the evaluations of each network of ``model`` while the block runs:
+    ``{name: {"calls": forward calls, "items": inputs evaluated (the calls' batch sizes summed)}}``.
+
+    A network used through methods other than ``forward`` (an autoencoder's ``encode`` and
+    ``decode``) is counted at its direct sub-networks instead (``autoencoder.encoder``), those
+    that hold at least ``SUBNETWORK_SHARE`` of its parameters.
+    """
+    calls: Counter = Counter()
+    items: Counter = Counter()
+    handles = []
+    nets = networks_of(model)
+
+    def watch(name: str, module: torch.nn.Module) -> None:
+        def hook(_module, inputs, _output):
+            calls[name] += 1
+            items[name] += _batch_size(inputs)
+        handles.append(module.register_forward_hook(hook))
+
+    for name, net in nets.items():
+        watch(name, net)
+        total = sum(p.numel() for p in net.parameters())
+        for child_name, child in net.named_children():
+            # the sub-networks that hold the work, not the 1x1 convolutions between them
+            if sum(p.numel() for p in child.parameters()) >= SUBNETWORK_SHARE * total:
+                watch(f"{name}.{child_name}", child)
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+        for name in nets:
+            if calls[name]:
+                counts[name] = {"calls": calls[name], "items": items[name]}
+            else:
+                counts.update({k: {"calls": calls[k], "items": items[k]} for k in sorted(calls)
+                               if k.startswith(name + ".") and calls[k]})
+
+
+def run_child(module: str, function: str, kwargs: dict) -> tuple[Any, float]:
+    """``module.function(**kwargs)`` in a child Python process: (its JSON-able result, the child's
+    peak resident memory in MB). The child's stderr is this process's (its logging shows)."""
+    with tempfile.TemporaryDirectory(prefix="petdiffusion-child-") as tmp:
+        out = Path(tmp) / "result.json"
+        code = ("import json, sys, importlib\n"
+                f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
+                f"res = fn(**json.loads(sys.argv[1]))\n"
+                f"open({str(out)!r}, 'w').write(json.dumps(res, default=str))\n")
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)],
+                                stdout=subprocess.DEVNULL)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{module}.{function} failed in its child process "
+                               f"(exit status {proc.returncode}; its error is above)")
+        return json.loads(out.read_text()), usage.ru_maxrss / 1024.0
