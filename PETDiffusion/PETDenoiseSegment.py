@@ -125,7 +125,7 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
         if "tmtv_ml" in s:
             parts.append(f"TMTV {float(s['tmtv_ml']):.1f} mL")
         if "ttlg" in s:
-            parts.append(f"TLG {float(s['ttlg']):.1f} g")
+            parts.append(f"TLG {float(s['ttlg']):.1f} SUVbw*mL")
         return ", ".join(parts)
 
 

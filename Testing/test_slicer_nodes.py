@@ -158,13 +158,21 @@ def test_lesion_table_carries_the_lesion_columns_with_units(scene, tmp_path):
     table = nodes.table_node_from_csv(path, "lesions")
     assert nodes.table_columns(table) == ["lesion_id", "voxel_count", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg"]
     assert table.GetNumberOfRows() == 2
-    assert table.GetColumnUnitLabel("volume_ml") == "ml"
-    assert table.GetColumnUnitLabel("suv_max") == "g/ml"
-    assert table.GetColumnUnitLabel("tlg") == "g"
+    assert table.GetColumnUnitLabel("volume_ml") == "mL"
+    assert table.GetColumnUnitLabel("suv_max") == "SUVbw"
+    assert table.GetColumnUnitLabel("tlg") == "SUVbw*mL"
     t = table.GetTable()
     assert t.GetColumnByName("lesion_id").GetDataTypeAsString() == "int"
     assert t.GetColumnByName("tlg").GetValue(0) == 23.4375
     assert t.GetColumnByName("suv_peak").GetValue(1) == 3.1
+
+
+def test_table_units_are_the_ones_the_library_report_prints():
+    """The panel's tables and the PDF/CSV report name the same units for every column they share."""
+    from PETDiffusionLib.quant.tables import COLUMN_UNITS as LIBRARY_UNITS
+    shared = set(LIBRARY_UNITS) & set(nodes.COLUMN_UNITS)
+    assert {"suv_max", "suv_peak", "volume_ml", "tlg", "centroid_r_mm", "input_suv_max"} <= shared
+    assert {c: nodes.COLUMN_UNITS[c] for c in shared} == {c: LIBRARY_UNITS[c] for c in shared}
 
 
 def test_pet_display_uses_pet_colour_map_and_suv_window(scene):

@@ -33,12 +33,13 @@ SHIPPED = {"ct-to-pet": ROOT / "PETDiffusionLib" / "models" / "cpdm-phantom-2p5d
 
 def _tiny_ct_to_pet_model(folder: Path) -> Path:
     from PETDiffusionLib.models.registry import save_model_folder
-    from PETDiffusionLib.networks import cpdm
+    from PETDiffusionLib.methods.cpdm import networks as cpdm
+    from PETDiffusionLib.models.card import build_network
     torch.manual_seed(0)
-    specs = {"autoencoder": {"class": cpdm.AUTOENCODER_CLASS, "args": cpdm.autoencoder_args((8, 8), 2)},
-             "attention": {"class": cpdm.ATTENTION_CLASS, "args": cpdm.attention_unet_args(1, (4, 4, 4, 4, 4, 4))},
-             "denoiser": {"class": cpdm.BRIDGE_CLASS, "args": cpdm.bridge_unet_args(2, 1, True, True, (8, 8, 8))}}
-    nets = {k: cpdm.build(v["class"], v["args"]) for k, v in specs.items()}
+    specs = {"autoencoder": cpdm.autoencoder_spec((8, 8), 2),
+             "attention": cpdm.attention_unet_spec(1, (4, 4, 4, 4, 4, 4)),
+             "denoiser": cpdm.bridge_unet_spec(2, 1, True, True, (8, 8, 8))}
+    nets = {k: build_network(v) for k, v in specs.items()}
     card = {"id": "cpdm-tiny-random", "task": "ct-to-pet", "version": "0.0.1", "networks": specs,
             "intended_use": "test plumbing only: random weights",
             "preprocessing": {"working_spacing_mm": [4.0, 4.0, 4.0], "context_slices": 1, "latent_factor": 2,
@@ -297,4 +298,4 @@ def test_library_lesion_table_becomes_a_table_node_with_the_lesion_columns(scene
     assert t.GetColumnByName("suv_mean").GetValue(0) == pytest.approx((59 * 6.0 + 9.0) / 60)
     assert t.GetColumnByName("tlg").GetValue(0) == pytest.approx(0.6 * (59 * 6.0 + 9.0) / 60, rel=1e-3)
     assert (table.GetColumnUnitLabel("volume_ml"), table.GetColumnUnitLabel("suv_peak"),
-            table.GetColumnUnitLabel("tlg"), table.GetColumnUnitLabel("centroid_x_mm")) == ("ml", "g/ml", "g", "mm")
+            table.GetColumnUnitLabel("tlg"), table.GetColumnUnitLabel("centroid_x_mm")) == ("mL", "SUVbw", "SUVbw*mL", "mm")

@@ -390,19 +390,27 @@ def load_color_table():
 # ------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------
-# Units of the library's quantification columns (PETDiffusionLib/quant, PHYSICS.md §2).
+# Units of the library's quantification columns, as its report prints them (PETDiffusionLib/quant/
+# tables.py COLUMN_UNITS; PHYSICS.md section 2): SUV body weight, MTV in mL, TLG = SUVmean x MTV in
+# SUVbw*mL. Kept here (the panels do not import the library); Testing/test_slicer_nodes.py checks
+# that the two agree.
 COLUMN_UNITS = {
-    "volume_ml": "ml", "mtv_ml": "ml", "tmtv_ml": "ml", "volume": "ml",
-    "suv_max": "g/ml", "suv_mean": "g/ml", "suv_peak": "g/ml", "suv_sd": "g/ml",
-    "suv_median": "g/ml", "suv_min": "g/ml", "suv_std": "g/ml",
-    "tlg": "g", "ttlg": "g", "tlg_g": "g",
+    "volume_ml": "mL", "mtv_ml": "mL", "tmtv_ml": "mL", "volume": "mL",
+    "suv_max": "SUVbw", "suv_mean": "SUVbw", "suv_peak": "SUVbw", "suv_sd": "SUVbw",
+    "suv_median": "SUVbw", "suv_min": "SUVbw", "suv_std": "SUVbw",
+    "input_suv_max": "SUVbw", "input_suv_peak": "SUVbw",
+    "tlg": "SUVbw*mL", "ttlg": "SUVbw*mL", "tlg_g": "SUVbw*mL",
     "centroid_x_mm": "mm", "centroid_y_mm": "mm", "centroid_z_mm": "mm",
+    "centroid_r_mm": "mm", "centroid_a_mm": "mm", "centroid_s_mm": "mm",
     "voxel_count": "voxels", "voxels": "voxels",
 }
 COLUMN_DESCRIPTIONS = {
     "suv_max": "SUVmax (body weight)", "suv_mean": "SUVmean (body weight)",
     "suv_peak": "SUVpeak: mean SUV in a 1 cm3 sphere (PERCIST)",
     "volume_ml": "metabolic tumour volume", "tlg": "total lesion glycolysis = SUVmean x MTV",
+    "centroid_r_mm": "centroid, RAS (as Slicer shows it)", "organ": "organ holding most of the lesion",
+    "input_suv_max": "SUVmax of the measured input PET in this lesion",
+    "input_suv_peak": "SUVpeak of the measured input PET in this lesion",
 }
 
 
@@ -411,11 +419,11 @@ def _column_units(column: str) -> str | None:
     if col in COLUMN_UNITS:
         return COLUMN_UNITS[col]
     if col.endswith("_ml"):
-        return "ml"
+        return "mL"
     if col.endswith("_mm"):
         return "mm"
     if col.startswith("suv"):
-        return "g/ml"
+        return "SUVbw"
     return None
 
 
