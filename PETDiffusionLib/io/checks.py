@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 import nibabel as nib
+from nibabel.nifti1 import Nifti1Header
+from nibabel.openers import ImageOpener
 import numpy as np
 import SimpleITK as sitk
 
@@ -69,8 +71,10 @@ def check_nifti_raw(path: str | os.PathLike) -> None:
     """
     path = Path(path)
     try:
+        # the header as stored: nib.load "fixes" pixdim 0 to 1 (with only a log line)
+        with ImageOpener(str(path)) as fh:
+            hdr = Nifti1Header.from_fileobj(fh, check=False)
         nii = nib.load(str(path))
-        hdr = nii.header
         ndim = int(hdr["dim"][0])
         pixdim = [float(v) for v in hdr["pixdim"][1:1 + min(ndim, 3)]]
         bad = [f"pixdim[{i + 1}] = {v:g}" for i, v in enumerate(pixdim)
