@@ -3,17 +3,27 @@ that mix them with the phantom (organ loss only where organs are annotated, padd
 crops, initialisation from a model folder) and the lesion-threshold calibration."""
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from PETDiffusionLib.networks.amdiff import focal_dice_ce, segmentation_loss
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import is_synthetic, read_image
+from PETDiffusionLib.methods.amdiff.cases import CaseArrays, SliceSampler, pad_case
+from PETDiffusionLib.methods.amdiff.losses import focal_dice_ce, segmentation_loss
+from PETDiffusionLib.models.registry import load_model_folder, save_model_folder
+from PETDiffusionLib.tasks.denoise_segment import evaluate as ds_evaluate
+from PETDiffusionLib.tasks.denoise_segment import pipeline as ds
+from PETDiffusionLib.tasks.denoise_segment import studies
+from PETDiffusionLib.tasks.denoise_segment.spec import MODEL_ID
 from PETDiffusionLib.training import real_sts
+from PETDiffusionLib.training.loop import TrainOptions
 from PETDiffusionLib.training.recipes import denoise_segment as recipe
-
-
 
 TINY = {"denoiser": {"context": 1, "channels": [8, 8, 16, 16], "norm_num_groups": 4,
                      "num_head_channels": 8},
@@ -22,7 +32,6 @@ TINY = {"denoiser": {"context": 1, "channels": [8, 8, 16, 16], "norm_num_groups"
 
 
 def _tiny_folder(folder, seed=3, card_extra=None):
-    from PETDiffusionLib.models.registry import save_model_folder
     torch.manual_seed(seed)
     cfg = recipe.DenoiseSegmentConfig(**TINY)
     nets = recipe.build_networks(cfg)
@@ -85,13 +94,11 @@ def test_low_count_versions_of_a_real_crop(tmp_path, shared_data):
     assert err[5] > err[25]
     assert json.loads((case / "case.json").read_text())["synthetic"] is False
     # the real reference is not marked synthetic; the simulated low-count image is
-    from PETDiffusionLib.io.images import is_synthetic, read_image
     assert not is_synthetic(read_image(case / "suv_true.nii.gz"))
     assert is_synthetic(read_image(case / "pet_low_5.nii.gz"))
 
 
 def test_missing_pet_of_a_sarcoma_case_is_named(tmp_path):
-    from PETDiffusionLib.errors import InputError
     (tmp_path / "STS_099").mkdir()
     with pytest.raises(InputError, match="PET_image.nii.gz"):
         real_sts.build_case(tmp_path / "STS_099", tmp_path / "out", 99, (5,), 0)
@@ -116,24 +123,23 @@ def test_organ_term_only_over_annotated_samples():
 
 def test_small_crops_are_padded_to_the_patch_and_batches_mix_both_cohorts():
     rng = np.random.default_rng(0)
-    big = recipe.CaseArrays("phantom", rng.random((6, 70, 70), dtype=np.float32),
+    big = CaseArrays("phantom", rng.random((6, 70, 70), dtype=np.float32),
                             {5: rng.random((6, 70, 70)).astype(np.float16)},
                             np.ones((6, 70, 70), np.uint8), np.zeros((6, 70, 70), np.uint8),
                             None, np.array([], int))
     les = np.zeros((6, 30, 41), np.uint8)
     les[2:4, 10:15, 10:15] = 1
-    small = recipe.CaseArrays("real", np.ones((6, 30, 41), np.float32),
+    small = CaseArrays("real", np.ones((6, 30, 41), np.float32),
                               {5: np.ones((6, 30, 41), np.float16)}, np.zeros_like(les), les,
                               np.full((6, 30, 41), 20, np.float16), np.array([2, 3]),
                               organs_annotated=False)
-    padded = recipe.pad_case(small, 64)
+    padded = pad_case(small, 64)
     assert padded.suv.shape == (6, 64, 64) and padded.ct.shape == (6, 64, 64)
     assert padded.lesions.sum() == les.sum() and padded.suv.sum() == small.suv.sum()
     assert float(padded.ct.min()) == -1000.0            # air around the crop
-    assert recipe.pad_case(big, 64) is big
-    cfg = recipe.DenoiseSegmentConfig(fractions=[5], patch=64, extra_fraction=0.5)
-    sampler = recipe.SliceSampler([big], cfg, 0, extra=[padded])
-    batch = sampler.batch(32)
+    assert pad_case(big, 64) is big
+    sampler = SliceSampler([big], [5], 64, context=1, extra=[padded], extra_fraction=0.5)
+    batch = sampler.batch(32, np.random.default_rng(0))
     assert batch["low"].shape == (32, 3, 64, 64)
     ann = batch["organs_annotated"]
     assert 0 < int(ann.sum()) < 32                       # both cohorts drawn
@@ -141,9 +147,8 @@ def test_small_crops_are_padded_to_the_patch_and_batches_mix_both_cohorts():
 
 
 def test_fine_tuning_starts_from_the_model_folder(tmp_path):
-    """init_model: step 0 of a fine-tune holds the given model's weights (checked via export of a
-    0-minute run, which saves the networks it started with)."""
-    from PETDiffusionLib.models.registry import load_model_folder
+    """init_model: step 0 of a fine-tune holds the given model's weights (checked via the export
+    stage of a 0-step run, which saves the networks it started with)."""
     nets, start = _tiny_folder(tmp_path / "start")
     cohort = tmp_path / "cohort" / "case_0000"
     cohort.mkdir(parents=True)
@@ -154,11 +159,11 @@ def test_fine_tuning_starts_from_the_model_folder(tmp_path):
                         str(cohort / f"{name}.nii.gz"))
     (cohort / "case.json").write_text(json.dumps({"organ_labels": {"1": "liver"}}))
     config = {**TINY, "cohort": str(tmp_path / "cohort"), "run_dir": str(tmp_path / "run"),
-              "fractions": [5], "val_cases": 0, "minutes": 0.0, "patch": 16, "batch": 2,
-              "init_model": str(start), "rescan_minutes": 0}
-    assert recipe.train(config) == 0
-    out = recipe.export(tmp_path / "run", tmp_path / "exported", {"id": "x", "version": "0"})
-    got, _ = load_model_folder(out)
+              "fractions": [5], "val_cases": 0, "max_steps": 0, "patch": 16, "batch": 2,
+              "init_model": str(start), "export_id": "x"}
+    assert recipe.train(config, TrainOptions()) == 0
+    got, card = load_model_folder(tmp_path / "run" / "export" / "model")
+    assert card["id"] == "x" and card["training"]["config"]["init_model"] == str(start)
     for k in nets:
         for (n, a), b in zip(nets[k].state_dict().items(), got[k].state_dict().values()):
             assert torch.equal(a, b), (k, n)
@@ -168,14 +173,12 @@ def test_lesion_threshold_calibration_writes_the_card_and_the_task_uses_it(tmp_p
     """Calibration on a validation case picks the grid value with the best mean Dice, writes it
     into the card without touching the weights (the sha256 still matches), and the task then uses
     it when the lesion_threshold parameter is 0; a given value overrides it."""
-    from PETDiffusionLib.models.registry import load_model_folder
-    from PETDiffusionLib.tasks import denoise_segment as ds
     _, folder = _tiny_folder(tmp_path / "model")
     _write_case(tmp_path / "cohort" / "case_0000")
-    res = recipe.calibrate_lesion_threshold(folder, tmp_path / "cohort", [0], fractions=(10,),
-                                            write_card=True)
+    res = studies.calibrate_lesion_threshold(folder, tmp_path / "cohort", [0], fractions=(10,),
+                                             write_card=True)
     table = res["table"]
-    assert [r["threshold"] for r in table] == list(recipe.CALIBRATION_THRESHOLDS)
+    assert [r["threshold"] for r in table] == list(studies.CALIBRATION_THRESHOLDS)
     assert res["chosen"]["mean_dice"] == max(r["mean_dice"] for r in table)
     nets, card = load_model_folder(folder)               # sha256 still verified
     chosen = res["chosen"]["threshold"]
@@ -189,8 +192,6 @@ def test_lesion_threshold_calibration_writes_the_card_and_the_task_uses_it(tmp_p
 
 def test_evaluation_of_a_real_cohort_skips_organ_scores(tmp_path, capsys):
     """A case without organ annotations (real PET) is scored on the whole image and the GTV only."""
-    import argparse
-    from PETDiffusionLib.tasks import denoise_segment as ds
     _, folder = _tiny_folder(tmp_path / "model")
     for i, split in ((0, "tune"), (1, "validation")):
         case = tmp_path / "cohort" / f"case_{i:04d}"
@@ -202,7 +203,7 @@ def test_evaluation_of_a_real_cohort_skips_organ_scores(tmp_path, capsys):
                               fractions="10,5", model=str(folder), tune_cohort=str(tmp_path / "cohort"),
                               tune_cases="0", steps=0, start_fraction=0.0, lesion_threshold=0.0,
                               no_ct=False, out=str(tmp_path / "eval.json"))
-    text = ds.evaluate(args)
+    text = ds_evaluate.evaluate(args)
     assert "== 10 % counts, 1 cases ==" in text
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["cases"] == ["case_0001"] and result["split"] == "validation"
@@ -216,7 +217,6 @@ def test_evaluation_of_a_real_cohort_skips_organ_scores(tmp_path, capsys):
 
 
 def test_shipped_real_finetuned_model_loads_and_its_card_states_data_split_and_figures():
-    from PETDiffusionLib.tasks import denoise_segment as ds
     nets, card = ds.load_model("amdiff-sts-2p5d", "cpu")   # sha256 checked on load
     assert card["task"] == "denoise-segment" and "not for diagnosis" in card["intended_use"]
     assert card["preprocessing"]["spacing_mm"] == [4.0, 4.0, 5.0]
@@ -231,7 +231,7 @@ def test_shipped_real_finetuned_model_loads_and_its_card_states_data_split_and_f
     # it is the task's default model, and both shipped AMDiff models carry a lesion threshold
     # calibrated on the phantom validation cases
     _, default = ds.load_model(None, "cpu")
-    assert default["id"] == ds.MODEL_ID == "amdiff-sts-2p5d"
+    assert default["id"] == MODEL_ID == "amdiff-sts-2p5d"
     for mid in ("amdiff-sts-2p5d", "amdiff-phantom-2p5d"):
         _, c = ds.load_model(mid, "cpu")
         cal = c["lesion_threshold_calibration"]

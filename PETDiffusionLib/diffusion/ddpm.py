@@ -9,7 +9,8 @@ timesteps, because MONAI's ``step`` methods assume a fixed stride from t = T-1; 
 noised input at an intermediate step (``start_fraction``) needs an arbitrary list.
 
 Notation: ab_t = alpha-bar_t (cumulative product of alphas), x_t = sqrt(ab_t) x0 + sqrt(1-ab_t) eps
-(Ho et al. 2020, eq. 4).
+(Ho et al. 2020, eq. 4). :func:`x0_from_epsilon` and :func:`epsilon_from_x0` are the one place that
+inverts it; :class:`ClippedEpsilon` keeps the implied x0 of an epsilon network inside [-1, 1].
 """
 from __future__ import annotations
 
@@ -32,6 +33,57 @@ Denoiser = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 SCHEDULES = {"cosine": "cosine", "linear": "linear_beta"}
 """Our names -> MONAI's. Cosine: Nichol & Dhariwal 2021 eq. 17 (AMDiff seed, §3.4: "cosine variance
 scheduler"); linear: Ho et al. 2020 §4, beta from 1e-4 to 0.02."""
+
+
+# --------------------------------------------------------------------------------------------
+# x0 <-> epsilon (Ho et al. 2020, eq. 4 solved for x0, and for eps)
+# --------------------------------------------------------------------------------------------
+def _sqrt_ab(alpha_bar: float | torch.Tensor):
+    """(sqrt(ab), sqrt(1 - ab)) as floats or tensors (1 - ab kept above 1e-12: sqrt stays finite)."""
+    if isinstance(alpha_bar, torch.Tensor):
+        return alpha_bar.sqrt(), (1 - alpha_bar).clamp_min(1e-12).sqrt()
+    return math.sqrt(alpha_bar), math.sqrt(max(1 - alpha_bar, 1e-12))
+
+
+def x0_from_epsilon(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: float | torch.Tensor,
+                    clip: float | None = None) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab); ``clip``: clamp x0 to [-clip, clip].
+
+    ``alpha_bar`` is a float (one timestep) or a tensor broadcasting against ``x_t`` ([B,1,1,1]).
+    """
+    a, s = _sqrt_ab(alpha_bar)
+    x0 = (x_t - s * eps) / a
+    return x0 if clip is None else x0.clamp(-clip, clip)
+
+
+def epsilon_from_x0(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar: float | torch.Tensor
+                    ) -> torch.Tensor:
+    """eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)."""
+    a, s = _sqrt_ab(alpha_bar)
+    return (x_t - a * x0) / s
+
+
+class ClippedEpsilon(torch.nn.Module):
+    """Wraps an epsilon-predicting network ``net(cat[x_t, cond], t)`` so that its implied x0 stays
+    in [-1, 1].
+
+    For data mapped to [-1, 1], clipping the x0 estimate to that range at every step is the DDPM
+    practice (Ho et al. 2020, sampling with clipped x0). It matters for an epsilon network near
+    t = T, where alpha-bar_T of the cosine schedule is ~4e-8 and x0 = (x_t - sqrt(1 - ab) eps) /
+    sqrt(ab) multiplies any error in eps by ~5000. ``x_t`` is channel 0 of the network input.
+    """
+
+    def __init__(self, net: torch.nn.Module, alphas_cumprod: torch.Tensor, clip: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.clip = float(clip)
+        self.register_buffer("ab", alphas_cumprod.float().clone(), persistent=False)
+
+    def forward(self, inp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.net(inp, t)
+        x = inp[:, :1]
+        ab = self.ab.to(x.device)[t.long()].view(-1, 1, 1, 1)
+        return epsilon_from_x0(x, x0_from_epsilon(x, eps, ab, self.clip), ab)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,11 +257,11 @@ class ConditionalDiffusion:
             ab = float(self.alphas_cumprod[t])
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             out = net(self._net_input(x, cond), tt).to(x.dtype)
-            a, s = math.sqrt(ab), math.sqrt(1 - ab)
             if self.prediction == "epsilon":
-                return (x - s * out) / a, out
+                return x0_from_epsilon(x, out, ab), out
             if self.prediction == "sample":
-                return out, (x - a * out) / s
+                return out, epsilon_from_x0(x, out, ab)
+            a, s = math.sqrt(ab), math.sqrt(1 - ab)
             return a * x - s * out, s * x + a * out  # v-prediction
         return denoise
 

@@ -69,8 +69,21 @@ def nmse(reference, test, mask=None) -> float:
     return float(np.sum((tst - ref) ** 2) / den)
 
 
-def nrmse(reference, test, mask=None, data_range: float | None = None) -> float:
-    """RMSE / data range (AMDiff: normalised by the range of the observed reference data)."""
+_RAISE = object()
+
+
+def nrmse(reference, test, mask=None, data_range: float | None = None,
+          undefined=_RAISE) -> float | None:
+    """RMSE / data range (AMDiff: normalised by the range of the observed reference data).
+
+    ``undefined``: returned instead of raising InputError when the metric is undefined (an empty
+    mask, a constant reference), e.g. None for per-class tables where a class may be absent.
+    """
+    if undefined is not _RAISE:
+        try:
+            return nrmse(reference, test, mask, data_range)
+        except InputError:
+            return undefined
     ref, tst = _pair(reference, test, mask)
     return float(np.sqrt(np.mean((tst - ref) ** 2)) / _range(ref, data_range))
 
@@ -102,13 +115,16 @@ def ssim3d(reference, test, data_range: float | None = None, mask=None) -> float
     return float(smap[binary_array(mask, "metric mask")].mean())
 
 
-def dice(a, b) -> float:
-    """2|A and B| / (|A| + |B|) of two binary masks; 1.0 when both are empty (they agree)."""
+def dice(a, b, empty: float | None = 1.0) -> float | None:
+    """2|A and B| / (|A| + |B|) of two binary masks; ``empty`` (1.0: they agree) when both are empty.
+
+    Tables that average Dice over cases pass ``empty=None`` to leave such cases out.
+    """
     ma, mb = binary_array(a, "first mask"), binary_array(b, "second mask")
     if ma.shape != mb.shape:
         raise InputError(f"shape {mb.shape} differs from {ma.shape}", "second mask")
     den = int(ma.sum()) + int(mb.sum())
-    return 1.0 if den == 0 else float(2.0 * np.count_nonzero(ma & mb) / den)
+    return empty if den == 0 else float(2.0 * np.count_nonzero(ma & mb) / den)
 
 
 def autopet_fp_fn_volumes(prediction, ground_truth,

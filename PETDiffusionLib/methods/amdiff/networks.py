@@ -1,4 +1,4 @@
-"""AMDiff networks and losses (Xia et al., "Anatomically and metabolically informed diffusion for
+"""AMDiff networks (Xia et al., "Anatomically and metabolically informed diffusion for
 unified denoising and segmentation in low-count PET imaging"; seed text in
 ``../shared/seeds/AMDiff_denoise_segment.txt``), sized for 2.5D work on a CPU.
 
@@ -13,8 +13,9 @@ Parts, each named after the paper's symbol:
 - :class:`DualBranchSegmenter`: f_seg (Eq. 8, Fig. 3), one shared encoder (a conv stem and three
   ResMamba stages, or plain residual conv stages of the same size) and two three-layer decoders,
   one for lesions and one for organs.
-- Losses: :func:`lesion_organ_regularizer` (Eq. 5), :func:`revision_loss` (Eq. 7),
-  :func:`segmentation_loss` (Eq. 9) and :func:`lambda_warm` (Eq. 11).
+
+The losses are in :mod:`PETDiffusionLib.methods.amdiff.losses`, the cohort readers in
+:mod:`PETDiffusionLib.methods.amdiff.cases`.
 
 All networks are 2D (2.5D: neighbouring slices enter as channels); their constructor arguments are
 plain JSON values so a model card can rebuild them (STYLE.md, MONAI).
@@ -26,6 +27,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mambapy.mamba import MambaBlock, MambaConfig, RMSNorm
 
 from PETDiffusionLib.networks.blocks import TimeResBlock, timestep_embedding
 
@@ -212,7 +214,6 @@ class ResMamba(nn.Module):
 
     def __init__(self, channels: int, d_state: int = 8):
         super().__init__()
-        from mambapy.mamba import MambaBlock, MambaConfig, RMSNorm
         self.local = _conv_block(channels, channels)
         hid = max(4, channels // 4)
         self.channel_gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hid, 1),
@@ -298,91 +299,17 @@ def segmenter_input(u_hcr: torch.Tensor, u_lc: torch.Tensor, ct_hu: torch.Tensor
     return torch.cat(parts, dim=1)
 
 
-# --------------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------------
-def _masked_l1(pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean |pred - ref| inside a binary mask (0 for an empty mask), per Eq. 5's ||M_s (P - I)||_1
-    normalised by the mask size so that small lesions are not drowned by large organs."""
-    n = mask.sum()
-    if n == 0:
-        return pred.new_zeros(())
-    return (mask * (pred - ref).abs()).sum() / n
-
-
-def lesion_organ_regularizer(pred: torch.Tensor, ref: torch.Tensor, organs: torch.Tensor,
-                             lesions: torch.Tensor, weights: list[float] | tuple[float, ...]
-                             ) -> torch.Tensor:
-    """L_lor, Eq. 5: ``sum_{s>=1} w_s * ||M_s (P_HC - I_HC)||_1``.
-
-    ``weights[0]`` is the lesion class (s = 1), ``weights[k]`` (k >= 1) the organ class k of
-    :data:`ORGAN_CLASSES`. ``organs`` holds organ indices, ``lesions`` is binary; both [B,1,H,W].
-    """
-    loss = weights[0] * _masked_l1(pred, ref, (lesions > 0).to(pred.dtype))
-    for k in range(1, len(weights)):
-        loss = loss + weights[k] * _masked_l1(pred, ref, (organs == k).to(pred.dtype))
-    return loss
-
-
-def revision_loss(pred: torch.Tensor, ref: torch.Tensor, organs: torch.Tensor,
-                  lesions: torch.Tensor, weights: list[float] | tuple[float, ...],
-                  background_weight: float) -> torch.Tensor:
-    """L_rev, Eq. 7: Eq. 5 plus the background class s = 0 (outside every organ and lesion)."""
-    bg = ((organs == 0) & (lesions == 0)).to(pred.dtype)
-    return (background_weight * _masked_l1(pred, ref, bg)
-            + lesion_organ_regularizer(pred, ref, organs, lesions, weights))
-
-
-def focal_dice_ce(logits: torch.Tensor, target: torch.Tensor,
-                  weights: list[float] | tuple[float, ...] | None = None,
-                  gamma: float = 4.0 / 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """Eq. 9 for one branch: ``1/S sum_s w_s (CE_s + FD_s)`` over the classes of ``logits``.
-
-    CE_s = mean over voxels of ``-M_s log P_s``; FD_s = ``(1 - Dice_s)^gamma`` with Dice_s the soft
-    Dice of class s over the batch. The paper's exponent 4/3 (Eq. 9) is applied to the Dice deficit,
-    the focal form of Yeung et al. 2022 that the paper cites: as printed, Eq. 9 puts it on
-    ``(1 - P)`` inside the Dice, which would not vanish for a perfect prediction. Classes absent from
-    both target and prediction contribute no Dice term. ``target`` holds class indices [B,1,H,W].
-    """
-    n_cls = logits.shape[1]
-    w = torch.ones(n_cls, dtype=logits.dtype, device=logits.device) if weights is None else \
-        torch.as_tensor(list(weights), dtype=logits.dtype, device=logits.device)
-    logp = F.log_softmax(logits, dim=1)
-    p = logp.exp()
-    onehot = F.one_hot(target[:, 0].long(), n_cls).permute(0, 3, 1, 2).to(logits.dtype)
-    dims = (0, 2, 3)
-    ce = -(onehot * logp).sum(dims) / onehot[:, :1].numel()
-    inter = (p * onehot).sum(dims)
-    denom = (p * p).sum(dims) + (onehot * onehot).sum(dims)
-    dice = (2 * inter + eps) / (denom + eps)
-    fd = (1.0 - dice).clamp_min(0.0) ** gamma
-    return (w * (ce + fd)).sum() / n_cls
-
-
-def segmentation_loss(lesion_logits: torch.Tensor, organ_logits: torch.Tensor,
-                      lesions: torch.Tensor, organs: torch.Tensor,
-                      lesion_weights=None, organ_weights=None,
-                      organs_annotated: torch.Tensor | None = None) -> torch.Tensor:
-    """L_seg: Eq. 9 on the lesion branch plus Eq. 9 on the organ branch.
-
-    ``organs_annotated`` (bool [B]) marks the samples whose organ map is a label map; the organ term
-    is taken over those samples only (real PET with a tumour contour but no organ labels trains the
-    lesion branch alone)."""
-    loss = focal_dice_ce(lesion_logits, (lesions > 0).long(), lesion_weights)
-    if organs_annotated is None:
-        return loss + focal_dice_ce(organ_logits, organs.long(), organ_weights)
-    sel = organs_annotated.bool()
-    if sel.any():
-        loss = loss + focal_dice_ce(organ_logits[sel], organs[sel].long(), organ_weights)
-    return loss
-
-
-def lambda_warm(epoch: float, e_max: float, e_t: float) -> float:
-    """Eq. 11: ``(e >= e_T) * exp(-5 (1 - e/e_max)^2)``."""
-    if epoch < e_t:
-        return 0.0
-    return math.exp(-5.0 * (1.0 - min(epoch, e_max) / e_max) ** 2)
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+NETWORK_CLASSES = {"denoiser": "PETDiffusionLib.methods.amdiff.networks.Denoiser",
+                   "revision": "PETDiffusionLib.methods.amdiff.networks.DenoisingRevision",
+                   "segmenter": "PETDiffusionLib.methods.amdiff.networks.DualBranchSegmenter"}
+"""The model card's class path of each AMDiff network (models.card.build_network builds them)."""
+
+
+def network_specs(denoiser: dict, revision: dict, segmenter: dict) -> dict[str, dict]:
+    """Card specs {name: {"class", "args"}} of the three networks from their constructor args."""
+    args = {"denoiser": denoiser, "revision": revision, "segmenter": segmenter}
+    return {name: {"class": NETWORK_CLASSES[name], "args": dict(a)} for name, a in args.items()}

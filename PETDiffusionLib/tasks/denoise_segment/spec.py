@@ -1,0 +1,67 @@
+"""What the denoise-segment task (AMDiff) declares: inputs, parameters, outputs, model, Slicer
+module, and the plausibility limits its input checks use. No torch: ``petdiffusion spec`` and the
+Slicer panel read this at once."""
+from __future__ import annotations
+
+from PETDiffusionLib.tasks.base import ImageInput, Output, Parameter, TaskSpec
+
+MODEL_ID = "amdiff-sts-2p5d"   # fine-tuned on real PET; "amdiff-phantom-2p5d" is its phantom-only stage 1
+
+# Range checks that tell a PET in SUV from a CT or from Bq/mL (PHYSICS.md Sec. 1 and 5: FDG SUVs
+# lie in 0-~50, bladder up to 50, tumours up to ~24, "occasionally exceeding 200", AMDiff
+# Sec. 2.2.1; 1 SUV is ~2.4 kBq/mL for 70 kg and 250 MBq, so Bq/mL images have maxima in the 1e3-1e6
+# range; CT air is -1000 HU).
+SUV_MAX_PLAUSIBLE = 300.0
+SUV_MIN_PLAUSIBLE = -5.0
+CT_AIR_HU = -1000.0
+MIN_INPLANE_VOXELS = 16     # at the working spacing: the segmenter down-samples by 8
+LESION_PROB_THRESHOLD = 0.5     # argmax of two classes; used when a card has no calibrated value
+
+SPEC = TaskSpec(
+    id="denoise-segment",
+    title="Denoise and segment low-count PET (AMDiff)",
+    paper="Xia et al., AMDiff: anatomically and metabolically informed diffusion for unified "
+          "denoising and segmentation in low-count PET imaging",
+    description="Low-count (low-dose or short) PET in SUVbw -> denoised PET, lesion and organ "
+                "masks, lesion and organ tables (SUVmax/mean/peak, MTV, TLG) and a PDF report. "
+                "The denoised PET is synthetic.",
+    inputs=(
+        ImageInput("pet", "pet", "SUVbw", "low-count PET in SUVbw (file or DICOM folder)"),
+        ImageInput("ct", "ct", "HU", "CT of the same study in HU (optional; helps organ masks)",
+                   required=False),
+    ),
+    parameters=(
+        Parameter("steps", int, 0, "diffusion sampling steps; 0 = the model card's default, "
+                  "chosen from its measured quality-versus-steps curve", 0, 250),
+        Parameter("sampler", str, "ddim", "sampler", choices=("ddim", "ddpm", "dpmpp2m")),
+        Parameter("samples", int, 1, "number of diffusion samples N; N > 1 averages them and "
+                  "writes their per-voxel standard deviation as an uncertainty map", 1, 16),
+        Parameter("seed", int, 0, "random seed (same seed, same output on the same device)", 0),
+        Parameter("start_fraction", float, 0.0, "0 = the model card's default; 1 = start from pure "
+                  "noise; in between: start from the low-count input noised to this fraction "
+                  "of the diffusion steps", 0.0, 1.0),
+        Parameter("lesion_threshold", float, 0.0,
+                  "lesion probability above which a voxel is lesion; 0 = the model card's value "
+                  "(calibrated on its validation cases)", 0.0, 0.95),
+        Parameter("lesion_min_ml", float, 0.2, "drop predicted lesions smaller than this (mL)",
+                  0.0, 100.0),
+    ),
+    outputs=(
+        Output("pet_denoised", "pet_denoised.nii.gz", "volume", "denoised PET (synthetic)",
+               units="SUVbw", synthetic=True),
+        Output("lesions", "lesions.nii.gz", "labelmap", "lesion mask (1 = lesion)",
+               label_names="lesion_labels"),
+        Output("organs", "organs.nii.gz", "labelmap", "organ label map", label_names="organ_labels"),
+        Output("lesions_csv", "lesions.csv", "table", "one row per lesion: SUVmax/mean/peak, MTV, TLG",
+               optional=True),
+        Output("organs_csv", "organs.csv", "table", "one row per organ: SUVmean/max, volume"),
+        Output("summary_json", "summary.json", "json", "totals (TMTV, TTLG, lesion count)"),
+        Output("report_pdf", "report.pdf", "report", "PDF report (synthetic banner)"),
+        Output("report_json", "report.json", "json", "the report's content as JSON"),
+        Output("uncertainty", "uncertainty.nii.gz", "volume",
+               "per-voxel standard deviation of the denoised PET over N samples (samples > 1)",
+               units="SUVbw", synthetic=True, optional=True),
+    ),
+    model_id=MODEL_ID,
+    slicer_module="PETDenoiseSegment",
+)
