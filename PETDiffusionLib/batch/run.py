@@ -94,12 +94,8 @@ class BatchProgress:
 
 
 def run_local(task_id: str, studies: list[Study], out_dir: str, on_row, on_worker, *,
-              device: str | None = None, model_path: str | None = None,
-              workers: int | None = None) -> dict[str, Any]:
+              device: str | None = None, model_path: str | None = None) -> dict[str, Any]:
     """``--engine local``: one worker in this process (machines without Ray)."""
-    if workers not in (None, 1):
-        raise InputError(f"--workers {workers}: --engine local runs one worker in this process; "
-                         "use --engine ray for several")
     worker = StudyWorker(task_id, device, model_path)
     on_worker(worker.info())
     for study in studies:
@@ -119,6 +115,9 @@ def run_batch(task_id: str, cohort_csv: str | Path, out_dir: str | Path, engine:
         raise InputError("--address joins a Ray cluster: it needs --engine ray")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: must be at least 1")
+    if engine == "local" and workers not in (None, 1):
+        raise InputError(f"--workers {workers}: --engine local runs one worker in this process; "
+                         "use --engine ray for several")
     if cpus_per_worker <= 0:
         raise InputError(f"--cpus-per-worker {cpus_per_worker:g}: must be above 0")
     spec = task_spec(task_id)
@@ -162,7 +161,7 @@ def run_batch(task_id: str, cohort_csv: str | Path, out_dir: str | Path, engine:
     if to_run:
         if engine == "local":
             engine_info = run_local(task_id, to_run, str(out_dir), on_row, on_worker,
-                                    device=device, model_path=model_path, workers=workers)
+                                    device=device, model_path=model_path)
         else:
             engine_info = run_ray(task_id, to_run, str(out_dir), on_row, on_worker, device=device,
                                   model_path=model_path, workers=workers, address=address,

@@ -64,4 +64,10 @@ SPEC = TaskSpec(
     ),
     model_id=MODEL_ID,
     slicer_module="PETDenoiseSegment",
+    # summary.csv of `petdiffusion batch` (batch/headline.py): the clinical metrics AMDiff
+    # quantifies from low-count inputs (MTV, TLG, organ SUVmean; AMDiff Sec. 4.4), the organs
+    # being the PERCIST reference regions (liver, blood pool; Wahl 2009) and the spleen
+    headline=("summary_json:tmtv_ml", "summary_json:ttlg", "summary_json:lesion_count",
+              "organs_csv:liver:suv_mean", "organs_csv:aorta:suv_mean",
+              "organs_csv:spleen:suv_mean"),
 )
