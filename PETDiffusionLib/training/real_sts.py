@@ -28,7 +28,10 @@ import SimpleITK as sitk
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.io.images import array_and_image, resample_to_spacing, write_image
+from PETDiffusionLib.io.images import array_and_image, to_working_grid, write_image
+from PETDiffusionLib.phantom.cohort import case_info
+from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
+from PETDiffusionLib.physics.attenuation import hu_to_mu
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,6 @@ def _square_pad(arrs: list[np.ndarray], values: list[float]) -> tuple[list[np.nd
 def simulate_low_count(suv: np.ndarray, mu: np.ndarray, spacing_xyz, fractions, seed: int
                        ) -> dict[int, np.ndarray]:
     """OSEM reconstructions of ``suv`` at each count fraction (percent), same shape as ``suv``."""
-    from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
     if abs(spacing_xyz[0] - spacing_xyz[1]) > 1e-3:
         raise InputError(f"in-plane spacing must be square, got {spacing_xyz[:2]}")
     cfg = AcquisitionConfig(psf_fwhm_mm=0.0)  # the real image already has the scanner's resolution
@@ -78,13 +80,11 @@ def simulate_low_count(suv: np.ndarray, mu: np.ndarray, spacing_xyz, fractions, 
 
 
 def build_case(src: Path, dst: Path, index: int, fractions, seed: int) -> dict:
-    from PETDiffusionLib.physics.attenuation import hu_to_mu
     pet_path, gtv_path = src / "PET_image.nii.gz", src / "PET_mask.nii.gz"
     for p in (pet_path, gtv_path):
         if not p.is_file():
             raise InputError("missing file of a sarcoma case", p)
-    pet = sitk.DICOMOrient(sitk.ReadImage(str(pet_path), sitk.sitkFloat32), "LPS")
-    work = resample_to_spacing(pet, WORKING_SPACING_MM)
+    work = to_working_grid(sitk.ReadImage(str(pet_path), sitk.sitkFloat32), WORKING_SPACING_MM)
     suv = np.clip(sitk.GetArrayFromImage(work), 0, None).astype(np.float32)
     gtv = sitk.ReadImage(str(gtv_path))
     gtv_w = sitk.Resample(sitk.Cast(gtv, sitk.sitkUInt8), work, sitk.Transform(),
@@ -137,7 +137,7 @@ def build_cohort(data_dir: str | Path, out: str | Path, fractions=(25, 10, 5), s
         n = int(src.name.split("_")[-1])
         dst = out / f"case_{n:04d}"
         if (dst / "case.json").is_file():
-            infos.append(json.loads((dst / "case.json").read_text()))
+            infos.append(case_info(dst))
             continue
         t0 = time.monotonic()
         infos.append(build_case(src, dst, n, fractions, seed + n))

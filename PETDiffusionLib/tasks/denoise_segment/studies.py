@@ -71,16 +71,17 @@ def steps_curve(model: str | Path | None, cohort: str | Path, case_indices: list
                 t0 = time.time()
                 out = denoise_segment_arrays(low, ct, nets, card, steps, sampler, 1, 0, start)
                 secs.append(time.time() - t0)
-                nr.append(nrmse(ref, out["suv"], undefined=None))
-                if les.any():
-                    nr_les.append(nrmse(ref, out["suv"], les, undefined=None))
+                nr.append(nrmse(ref, out["suv"]))
+                v = nrmse(ref, out["suv"], les, undefined=None) if les.any() else None
+                if v is not None:                       # None: constant truth in the lesions
+                    nr_les.append(v)
             rec = {"sampler": sampler, "start_fraction": start, "steps": steps,
                    "nrmse": round(float(np.mean(nr)), 5),
                    "nrmse_lesion": round(float(np.mean(nr_les)), 5) if nr_les else None,
                    "seconds_per_slab": round(float(np.mean(secs)), 2)}
             log.info("%s", rec)
             curve.append(rec)
-    base = [nrmse(ref, low, undefined=None) for _, ref, low, _, _ in data]
+    base = [nrmse(ref, low) for _, ref, low, _, _ in data]
     result = {"cases": [d[0] for d in data], "fraction": fraction, "slices": slices,
               "input_nrmse": round(float(np.mean(base)), 5), "curve": curve}
     if png:
