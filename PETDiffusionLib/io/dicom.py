@@ -11,6 +11,7 @@ varies the slope from slice to slice (PHYSICS.md §1). CT is returned in HU; PET
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -425,9 +426,40 @@ def _slice_values(path: Path, ds: Dataset) -> np.ndarray:
     except Exception as exc:
         raise InputError(f"cannot decode pixel data ({type(exc).__name__}: {exc}); transfer syntax "
                          f"{ds.file_meta.get('TransferSyntaxUID', '?')}", path) from exc
-    slope = float(ds.get("RescaleSlope") or 1.0)
-    intercept = float(ds.get("RescaleIntercept") or 0.0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    slope = _number(ds, "RescaleSlope", path, 1.0)
+    intercept = _number(ds, "RescaleIntercept", path, 0.0)
+    if slope == 0:
+        raise InputError("RescaleSlope (0028,1053) is 0: every value would be the intercept", path)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g} (0028,1053/1052) "
+                         "give values beyond the float32 range", path)
+    return values
+
+
+def _number(ds: Dataset, keyword: str, path: Path, default: float) -> float:
+    """A single numeric tag as a finite float (``default`` when absent or empty)."""
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v):
+        raise InputError(f"{keyword} {str(value)!r} is not a finite number", path)
+    return v
+
+
+def _meta_number(ds: Dataset, keyword: str) -> str | None:
+    """A patient fact for the image metadata, or None (with a debug line) when malformed."""
+    try:
+        v = float(ds.get(keyword))
+    except (TypeError, ValueError):
+        log.debug("ignoring malformed %s %r", keyword, ds.get(keyword))
+        return None
+    return f"{v:g}" if math.isfinite(v) else None
 
 
 def _age_years(value) -> float | None:
@@ -440,12 +472,11 @@ def _age_years(value) -> float | None:
 
 def _put_patient_metadata(img: sitk.Image, ds: Dataset, modality: str) -> None:
     img.SetMetaData(MODALITY_KEY, modality)
-    if ds.get("KVP"):
-        img.SetMetaData(KVP_KEY, f"{float(ds.KVP):g}")
-    if ds.get("PatientWeight"):
-        img.SetMetaData(WEIGHT_KEY, f"{float(ds.PatientWeight):g}")
-    if ds.get("PatientSize"):
-        img.SetMetaData(HEIGHT_KEY, f"{float(ds.PatientSize):g}")
+    for key, keyword in ((KVP_KEY, "KVP"), (WEIGHT_KEY, "PatientWeight"),
+                         (HEIGHT_KEY, "PatientSize")):
+        value = _meta_number(ds, keyword) if ds.get(keyword) else None
+        if value is not None:
+            img.SetMetaData(key, value)
     if ds.get("PatientSex"):
         img.SetMetaData(SEX_KEY, str(ds.PatientSex))
     age = _age_years(ds.get("PatientAge"))
@@ -478,7 +509,7 @@ def read_pet_suv(info_or_folder: SeriesInfo | str | os.PathLike, suv_type: str =
     out.SetMetaData(SUV_FACTOR_KEY, f"{factor.factor:.10g}")
     out.SetMetaData(SUV_RULE_KEY, factor.rule)
     hi = float(np.max(sitk.GetArrayViewFromImage(out)))
-    if hi > SUV_MAX_PLAUSIBLE:
+    if not hi <= SUV_MAX_PLAUSIBLE:  # also NaN
         raise InputError(f"the SUV would reach {hi:.4g}, beyond the plausible {SUV_MAX_PLAUSIBLE:g} "
                          f"(docs/PHYSICS.md §1 'Plausibility rules'): the header's dose, weight or "
                          f"units are wrong (factor {factor.factor:.6g} from {factor.rule}); check "
