@@ -1,29 +1,38 @@
 """ct-to-pet (CPDM): spec and CLI, the maps, the SUV scaling, end to end with a tiny random model,
-bad inputs. No training here: the model folder is built from randomly initialised small networks."""
+bad inputs, and the training recipe's stages. No real model is trained here: the model folders are
+built from randomly initialised small networks, and the recipe runs a few steps of tiny networks on
+two 6-slice analytic CTs."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from safetensors.torch import load_file
 
 from PETDiffusionLib.cli.main import build_parser
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, same_grid, write_image
 from PETDiffusionLib.methods.cpdm import intensities as cpdm
 from PETDiffusionLib.methods.cpdm import transforms
+from PETDiffusionLib.methods.cpdm.latents import ct_stacks, neighbour_indices
 from PETDiffusionLib.models.card import build_network
 from PETDiffusionLib.models.registry import load_model_folder, resolve_model, save_model_folder, sha256_file
 from PETDiffusionLib.physics.attenuation import hu_to_mu
+from PETDiffusionLib.progress import NULL_PROGRESS
+from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.ct_to_pet import evaluate as ctp_evaluate
 from PETDiffusionLib.tasks.ct_to_pet import pipeline, spec as ctp_spec
 from PETDiffusionLib.tasks.ct_to_pet.bench import simple_ct
 from PETDiffusionLib.tasks.runner import run_task
+from PETDiffusionLib.training.loop import TrainOptions
 from PETDiffusionLib.training.recipes import ct_to_pet as recipe
+from PETDiffusionLib.training.recipes.ct_to_pet import card as recipe_card, data as recipe_data, stages as recipe_stages
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ct_to_pet.json"
 
@@ -41,13 +50,13 @@ def make_tiny_model(folder: Path, variant: str = "cpdm") -> Path:
     """A model folder with the task's real card layout and randomly initialised tiny networks."""
     torch.manual_seed(0)
     cfg = tiny_config()
-    sp = recipe.specs(cfg)
+    sp = recipe_stages.network_specs(cfg)
     stage = "regression" if variant == "regression" else f"bridge:{variant}"
     nets = {"autoencoder": build_network(sp["autoencoder"]), "attention": build_network(sp["attention"]),
             "denoiser": build_network(sp[stage])}
-    s, m = recipe.VARIANTS.get(variant, (True, True))
+    s, m = recipe_stages.VARIANTS.get(variant, (True, True))
     floor = {c: float(i) * 0.5 for i, c in enumerate(cpdm.TISSUE_CLASSES)}
-    card = recipe.model_card(cfg, variant, s, m, {"latent_scale": 1.0}, floor, {}, "test")
+    card = recipe_card.model_card(cfg, variant, s, m, {"latent_scale": 1.0}, floor, {}, "test")
     card["networks"] = {"autoencoder": sp["autoencoder"], "attention": sp["attention"], "denoiser": sp[stage]}
     return save_model_folder(folder, nets, card)
 
@@ -312,10 +321,139 @@ def test_summary_counts_cases_beyond_15_percent_per_organ():
 
 def test_real_pair_crop_goes_to_the_working_grid_with_air_outside_the_pet(shared_data):
     # STS_001 is evaluation data (never trained on); this only checks the geometry of the reader
-    ct, pet = recipe._real_pair_arrays(shared_data / "petct_sts" / "nifti" / "STS_001", (4.0, 4.0, 5.0), 128)
+    ct, pet = recipe_data.real_pair_arrays(shared_data / "petct_sts" / "nifti" / "STS_001", (4.0, 4.0, 5.0), 128)
     assert ct.shape == pet.shape and ct.shape[1:] == (128, 128)
     assert ct.min() >= cpdm.CT_HU_MIN and pet.min() >= 0.0
     body = ct > cpdm.BODY_HU
     assert body.any() and pet[body].mean() > 0.2  # real FDG soft tissue, not empty
     # the 5 cm crop is padded to 128 x 128 with air in the CT and 0 SUV in the PET
     assert np.all(ct[:, 0, :] == cpdm.CT_HU_MIN) and np.all(pet[:, 0, :] == 0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline's parts, as tasks/runner.py calls them
+
+def test_predict_returns_the_specs_image_outputs_on_the_ct_grid(tmp_path, tiny_model):
+    ct = read_image(tiny_ct(tmp_path))
+    ctx = RunContext(out_dir=tmp_path, progress=NULL_PROGRESS, device=torch.device("cpu"))
+    params = {"kvp": None, "steps": 2, "samples": 2, "seed": 0}
+    pipeline.check_inputs({"ct": ct}, params, ctx)
+    model = pipeline.load_model(tiny_model)
+    out = pipeline.predict({"ct": ct}, params, model, ctx)
+    volumes = {o.name for o in ctp_spec.SPEC.outputs if o.kind == "volume"}
+    assert set(out) == volumes == {"pet_synthetic", "attention_map", "attenuation_map", "uncertainty"}
+    for name, img in out.items():
+        assert same_grid(img, ct), name
+    att = sitk.GetArrayFromImage(out["attention_map"])
+    assert att.min() >= 0.0 and att.max() <= 1.0  # a probability
+    assert sitk.GetArrayFromImage(out["uncertainty"]).min() >= 0.0
+    assert ctx.manifest_extra["model_id"] == "tiny-cpdm" and ctx.manifest_extra["kvp"] == 120.0
+    # no organ map: the report writes nothing
+    assert pipeline.report({"ct": ct}, out, params, model, ctx) == {}
+    assert list(tmp_path.glob("*.csv")) == []
+
+
+def test_2p5d_stacks_repeat_the_edge_slice_and_never_cross_cases():
+    vol = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 2), np.float32)
+    case = np.array([0, 0, 0, 1, 1])
+    st = ct_stacks(vol, case, 1)
+    # slice 2 is the last of case 0: its upper neighbour is itself; slice 3 the first of case 1
+    assert st[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2], [3, 3, 4], [3, 4, 4]]
+    below, above = neighbour_indices(case, np.arange(5), 1)
+    assert below.tolist() == [0, 0, 1, 3, 3] and above.tolist() == [1, 2, 2, 4, 4]
+
+
+# ------------------------------------------------------------------------------------------------
+# the training recipe: every stage through training.loop.Trainer, a few steps of tiny networks
+
+def _tiny_cohort(folder: Path) -> Path:
+    """Two 6-slice analytic CTs with a PET that is high in soft tissue (so the attention mask has
+    positives), on the working grid already (4 x 4 x 5 mm)."""
+    for i in range(2):
+        case = folder / f"case_{i:04d}"
+        case.mkdir(parents=True)
+        ct = simple_ct((6, 32, 32), (4.0, 4.0, 5.0), seed=i)
+        hu = sitk.GetArrayFromImage(ct)
+        pet = sitk.GetImageFromArray(np.where(hu > 30, 4.0, 0.5).astype(np.float32) * (hu > -500))
+        pet.CopyInformation(ct)
+        sitk.WriteImage(ct, str(case / "ct.nii.gz"))
+        sitk.WriteImage(pet, str(case / "pet_ac.nii.gz"))
+        (case / "case.json").write_text(json.dumps({"split": "train"}))
+    return folder
+
+
+def _recipe_config(tmp: Path, bridge_steps: int = 4, augment: bool = True) -> dict:
+    cfg = json.loads((CONFIG.parent / "ct_to_pet_v2.json").read_text())
+    cfg.update(cohort=str(tmp / "cohort"), run_dir=str(tmp / "run"), export=str(tmp / "tiny-cpdm"),
+               slice_size=32, trainer={"progress_bar": False, "log_every": 1})
+    cfg["augment"]["enabled"] = augment
+    cfg["autoencoder"].update(channels=[8, 8, 8], steps=3, batch=2, crop=16)
+    cfg["attention"].update(features=[4, 4, 8, 8, 8, 4], steps=3, batch=2, crop=32)
+    cfg["bridge"].update(channels=[8, 8, 16], steps=bridge_steps, batch=4)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recipe")
+    _tiny_cohort(tmp / "cohort")
+    cfg = _recipe_config(tmp)
+    assert recipe.train(cfg, TrainOptions(config_path="configs/ct_to_pet_v2.json")) == 0
+    return tmp, cfg
+
+
+def test_recipe_runs_every_stage_through_the_trainer_and_exports_models_the_task_runs(tiny_run, tmp_path):
+    tmp, cfg = tiny_run
+    run = Path(cfg["run_dir"])
+    for stage in ("prepare", "autoencoder", "attention", "latents", "bridge:cpdm", "bridge:no_sigma",
+                  "bridge:no_mu", "regression", "export"):
+        assert (run / stage.replace(":", "_") / "summary.json").is_file(), stage
+    for stage, steps in (("autoencoder", 3), ("attention", 3), ("bridge_cpdm", 4), ("regression", 4)):
+        summary = json.loads((run / stage / "summary.json").read_text())
+        assert summary["steps"] == steps, stage
+        assert (run / stage / "checkpoint" / "ema.safetensors").is_file()  # the Trainer's layout
+        lines = (run / stage / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == list(range(1, steps + 1))
+        assert all(json.loads(x)["lr"] == cfg[stage.split("_")[0] if stage != "regression" else "bridge"]["lr"]
+                   for x in lines)  # constant learning rate
+    ae = json.loads((run / "autoencoder" / "summary.json").read_text())["reconstruction"]
+    assert ae["ct_mae_hu_body"] > 0 and ae["pet_mae_suv_body"] > 0
+    lat = json.loads((run / "latents" / "summary.json").read_text())
+    assert lat["copies"] == 2 and lat["slices"] == 2 * 2 * 6  # two augmented copies of 2 x 6 slices
+    # the exported CPDM folder runs through the task; its card cites the one training command
+    card = json.loads((tmp / "tiny-cpdm" / "card.json").read_text())
+    assert card["training"]["command"] == "petdiffusion train ct-to-pet --config configs/ct_to_pet_v2.json"
+    assert card["networks"]["denoiser"]["class"] == "PETDiffusionLib.methods.cpdm.networks.BridgeUNet"
+    assert card["preprocessing"]["latent_scale"] == pytest.approx(lat["latent_scale"])
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["cpdm-no-mu", "cpdm-no-sigma",
+                                                                  "cpdm-regression"]
+    manifest = run_task("ct-to-pet", {"ct": str(Path(cfg["cohort"]) / "case_0000" / "ct.nii.gz")},
+                        {"steps": 2}, tmp_path / "out", model_path=str(tmp / "tiny-cpdm"))
+    assert json.loads(manifest.read_text())["model_id"] == "tiny-cpdm"
+
+
+def test_a_second_call_of_the_recipe_skips_the_finished_stages(tiny_run):
+    tmp, cfg = tiny_run
+    run = Path(cfg["run_dir"])
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert recipe.train(cfg, TrainOptions(config_path="configs/ct_to_pet_v2.json")) == 0
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing trained, encoded or exported again
+
+
+def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_run, tmp_path):
+    tmp, cfg = tiny_run
+    run = tmp_path / "run"
+    for stage in ("prepare", "autoencoder", "attention", "latents"):  # the stages before the bridge
+        shutil.copytree(Path(cfg["run_dir"]) / stage, run / stage)
+    short = {**_recipe_config(tmp, bridge_steps=2), "run_dir": str(run)}
+    recipe.train(short, TrainOptions(stages=["bridge:cpdm"]))
+    assert json.loads((run / "bridge_cpdm" / "summary.json").read_text())["steps"] == 2
+    with pytest.raises(InputError, match="--resume"):  # a checkpoint is never overwritten silently
+        recipe.train({**short, "bridge": {**short["bridge"], "steps": 4}}, TrainOptions(stages=["bridge:cpdm"]))
+    recipe.train({**short, "bridge": {**short["bridge"], "steps": 4}},
+                 TrainOptions(stages=["bridge:cpdm"], resume=True))
+    for name in ("weights", "ema"):
+        a = load_file(str(Path(cfg["run_dir"]) / "bridge_cpdm" / "checkpoint" / f"{name}.safetensors"))
+        b = load_file(str(run / "bridge_cpdm" / "checkpoint" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

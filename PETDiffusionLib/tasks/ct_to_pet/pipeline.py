@@ -30,7 +30,7 @@ from PETDiffusionLib.diffusion.windows import run_slicewise
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.dicom import KVP_KEY  # the DICOM reader's record of KVP (0018,0060)
 from PETDiffusionLib.io.images import (array_and_image, get_units, resample_to, same_grid,
-                                       to_working_grid, write_image)
+                                       to_working_grid)
 from PETDiffusionLib.methods.cpdm.intensities import (CT_HU_MIN, attenuation_condition, ct_to_net,
                                                       net_to_suv)
 from PETDiffusionLib.methods.cpdm.latents import ct_stacks, latent_condition, neighbour_indices
@@ -247,18 +247,3 @@ def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params
     ctx.manifest_extra["report_files"] = sorted(Path(p).name for p in rep.values())
     return {("report" if k == "report_pdf" else k): Path(p) for k, p in rep.items()}
 
-
-def run(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> dict[str, Path]:
-    """check_inputs, load_model, predict, write the images, report: what tasks/runner.py does with
-    the parts above (kept for a runner that calls ``run``)."""
-    check_inputs(images, params, ctx)
-    ctx.progress.update("load model", 0.02)
-    model = ctx.model or load_model(ctx.model_path, ctx.device)
-    outputs = predict(images, params, model, ctx)
-    written = {}
-    for o in SPEC.outputs:
-        if o.name in outputs:
-            written[o.name] = write_image(outputs[o.name], ctx.out_dir / o.filename, units=o.units,
-                                          synthetic=o.synthetic or None)
-    written.update(report(images, outputs, params, model, ctx))
-    return written
