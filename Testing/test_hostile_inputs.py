@@ -711,3 +711,26 @@ def test_fuzzed_dicom_series_read_or_fail_clearly(dro_three_slices, tmp_path_fac
     assert np.isfinite(arr).all()
     if img.GetMetaData("PETDiffusion.modality") == "PT":
         assert float(arr.max()) <= 300.0  # never a silently implausible SUV
+
+
+# ------------------------------------------------------------------------ the shared checks
+
+def test_check_ct_hu_accepts_the_real_ct_and_refuses_a_pet_nan_and_units(shared_data, tmp_path):
+    from PETDiffusionLib.io.checks import check_ct_hu, check_suv_image
+    ct = read_image(shared_data / STS_NIFTI / "CT_image.nii.gz")
+    pet = read_image(shared_data / STS_NIFTI / "PET_image.nii.gz")
+    check_ct_hu(ct, "ct.nii.gz")
+    check_suv_image(pet, "pet.nii.gz")
+    with pytest.raises(InputError, match="pet.nii.gz: does not look like a CT in HU: no air"):
+        check_ct_hu(pet, "pet.nii.gz")
+    with pytest.raises(InputError, match="do not look like a CT in HU"):
+        check_ct_hu(pet, "pet.nii.gz", require_air=False)
+    arr = sitk.GetArrayFromImage(ct)
+    arr[1, 2, 3] = np.nan
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(ct)
+    with pytest.raises(InputError, match="the CT holds 1 NaN or infinite voxel"):
+        check_ct_hu(bad, "ct.nrrd")
+    pet.SetMetaData("PETDiffusion.units", "SUVbw")
+    with pytest.raises(InputError, match="labelled 'SUVbw', not HU"):
+        check_ct_hu(pet, "pet.nii.gz")

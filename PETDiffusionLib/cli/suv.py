@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dose-mbq", type=float, help="injected activity in MBq (overrides the header; "
                                                   f"{DEFAULT_LIMITS.dose_mbq[0]:g}-"
                                                   f"{DEFAULT_LIMITS.dose_mbq[1]:g})")
+    p.add_argument("--height-m", type=float, help="patient height in m, for --type lbm/bsa/ibw "
+                                                  "(overrides the header; "
+                                                  f"{DEFAULT_LIMITS.height_m[0]:g}-"
+                                                  f"{DEFAULT_LIMITS.height_m[1]:g})")
     p.add_argument("--injection-time", help="injection time, HH:MM[:SS] or 'YYYY-MM-DD HH:MM[:SS]' "
                                             "(overrides the header)")
     p.add_argument("--force-decay-minutes", type=float, metavar="MIN",
@@ -46,7 +50,7 @@ def _suv(args) -> int:
     hours = check_override("--max-decay-hours", args.max_decay_hours, (0.1, 24.0), "h")
     limits = dataclasses.replace(DEFAULT_LIMITS, max_decay_minutes=hours * 60.0)
     overrides = SUVOverrides(weight_kg=args.weight_kg, dose_mbq=args.dose_mbq,
-                             injection_time=args.injection_time,
+                             injection_time=args.injection_time, height_m=args.height_m,
                              force_decay_minutes=args.force_decay_minutes)
     img, factor = read_pet_suv(args.folder, args.suv_type, overrides, series_uid=args.series_uid,
                                allow_gaps=args.allow_gaps, limits=limits)
