@@ -238,3 +238,13 @@ def test_a_task_missing_a_part_is_reported(tmp_path):
     problems = task_shape_problems(entry.package, module, tmp_path)
     assert problems == [f"missing PETDiffusionLib/tasks/{entry.package}/bench.py",
                         f"missing Resources/Icons/{module}.png"]
+
+
+def test_library_imports_sit_at_module_level_outside_the_cli():
+    """An import inside a function hides a dependency. Only the CLI's command modules import their
+    heavy modules (torch, Ray) when the command runs, so that `petdiffusion --help` stays fast."""
+    modules = library_modules()
+    hidden = [f"{name} line {line} imports {m}" for name, path in modules.items()
+              if not name.startswith("PETDiffusionLib.cli")
+              for m, line, in_function in imports_of(path, modules) if in_function]
+    assert not hidden, hidden

@@ -24,6 +24,8 @@ from PETDiffusionLib.io.images import is_synthetic
 from PETDiffusionLib.quant.lesions import _check_grid, _lesion_labels, _name
 from PETDiffusionLib.quant.tables import (COLUMN_UNITS, DEFINITIONS, QuantResult, quantify, to_json,
                                           write_result)
+from PETDiffusionLib.report.dicom_seg import write_dicom_seg
+from PETDiffusionLib.report.dicom_sr import write_lesion_sr
 from PETDiffusionLib.report.study import header_lines, study_header
 
 log = logging.getLogger(__name__)
@@ -364,7 +366,6 @@ def _build_pdf(result: QuantResult, figure_png: bytes, header: dict, synthetic: 
 
 def _write_segs(stage: Path, source: list, lesion_img, organ_img, organ_names,
                 result: QuantResult) -> dict[str, str]:
-    from PETDiffusionLib.report.dicom_seg import write_dicom_seg
     out = {}
     if lesion_img is not None and result.lesions:
         labels = sitk.GetImageFromArray(_lesion_labels(lesion_img, "lesion mask").astype(np.uint16))
@@ -373,7 +374,6 @@ def _write_segs(stage: Path, source: list, lesion_img, organ_img, organ_names,
                                          for r in result.lesions},
                         stage / "lesions_seg.dcm", series_description="PETDiffusion lesions")
         out["lesions_seg"] = "lesions_seg.dcm"
-        from PETDiffusionLib.report.dicom_sr import write_lesion_sr
         write_lesion_sr(result.lesions, stage / "lesions_seg.dcm", source, stage / "lesions_sr.dcm")
         out["lesions_sr"] = "lesions_sr.dcm"
     if organ_img is not None and result.organs and any(r["voxels"] for r in result.organs):

@@ -57,12 +57,7 @@ def task_part(task_id: str, part: str) -> ModuleType:
     """The module ``PETDiffusionLib.tasks.<package>.<part>`` (imported on first use)."""
     if part not in PARTS:
         raise ValueError(f"unknown task part {part!r}; parts: {', '.join(PARTS)}")
-    base = f"PETDiffusionLib.tasks.{task_entry(task_id).package}"
-    # TRANSITION (issue 12, removed when both tasks are packages): a task still a single module
-    top = importlib.import_module(base)
-    if not hasattr(top, "__path__"):
-        return top
-    return importlib.import_module(f"{base}.{part}")
+    return importlib.import_module(f"PETDiffusionLib.tasks.{task_entry(task_id).package}.{part}")
 
 
 def task_spec(task_id: str) -> TaskSpec:

@@ -69,8 +69,7 @@ def _write_output(o: Output, img: sitk.Image, folder: Path) -> Path:
                        description=o.help if o.synthetic else None)
 
 
-def _check_written(spec: TaskSpec, stage: Path, written: dict[str, Path],
-                   strict: bool = True) -> dict[str, dict]:
+def _check_written(spec: TaskSpec, stage: Path, written: dict[str, Path]) -> dict[str, dict]:
     """Exactly the spec's files: every required output present, nothing the spec does not name."""
     by_name = {o.name: o for o in spec.outputs}
     unknown = set(written) - set(by_name)
@@ -88,7 +87,7 @@ def _check_written(spec: TaskSpec, stage: Path, written: dict[str, Path],
             raise RuntimeError(f"task {spec.id} did not write its output {o.name}")
     on_disk = {p.name for p in stage.iterdir()}
     stray = on_disk - {v["file"] for v in outputs.values()}
-    if stray and strict:
+    if stray:
         raise RuntimeError(f"task {spec.id} left files its spec does not name: {sorted(stray)}")
     return outputs
 
@@ -112,26 +111,23 @@ def run_task(task_id: str, input_paths: dict[str, str], params: dict | None, out
         ctx = RunContext(out_dir=stage, progress=progress, device=dev,
                          model_path=Path(model_path) if model_path else None, model=model,
                          input_paths={k: str(Path(v).resolve()) for k, v in input_paths.items() if v})
-        if hasattr(pipeline, "predict"):
-            pipeline.check_inputs(images, values, ctx)
-            progress.update("load model", 0.02)
-            if model is None:
-                model = pipeline.load_model(ctx.model_path, dev)
-            ctx.model = model
-            predicted = pipeline.predict(images, values, model, ctx)
-            progress.update("write", 0.86)
-            by_name = {o.name: o for o in spec.outputs}
-            written = {}
-            for name, img in predicted.items():
-                if name not in by_name or by_name[name].kind not in ("volume", "labelmap"):
-                    raise RuntimeError(f"task {task_id}: predict returned {name!r}, which its spec "
-                                       "does not declare as a volume or label map")
-                written[name] = _write_output(by_name[name], img, stage)
-            progress.update("report", 0.9)
-            written.update(pipeline.report(images, predicted, values, model, ctx) or {})
-        else:  # TRANSITION (issue 12): a task still a single module with run()
-            written = pipeline.run(images, values, ctx)
-        outputs = _check_written(spec, stage, written, strict=hasattr(pipeline, "predict"))
+        pipeline.check_inputs(images, values, ctx)
+        progress.update("load model", 0.02)
+        if model is None:
+            model = pipeline.load_model(ctx.model_path, dev)
+        ctx.model = model
+        predicted = pipeline.predict(images, values, model, ctx)
+        progress.update("write", 0.86)
+        by_name = {o.name: o for o in spec.outputs}
+        written = {}
+        for name, img in predicted.items():
+            if name not in by_name or by_name[name].kind not in ("volume", "labelmap"):
+                raise RuntimeError(f"task {task_id}: predict returned {name!r}, which its spec "
+                                   "does not declare as a volume or label map")
+            written[name] = _write_output(by_name[name], img, stage)
+        progress.update("report", 0.9)
+        written.update(pipeline.report(images, predicted, values, model, ctx) or {})
+        outputs = _check_written(spec, stage, written)
         manifest = {
             "task": task_id, "title": spec.title, "paper": spec.paper,
             "library_version": __version__, "inputs": ctx.input_paths, "parameters": values,
