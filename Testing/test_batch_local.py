@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from PETDiffusionLib.batch import headline
 from PETDiffusionLib.batch.cohort import complete_manifest, missing_inputs, read_cohort
+from PETDiffusionLib.batch.ray_engine import worker_resources
 from PETDiffusionLib.batch.summary import SummaryTable
 from PETDiffusionLib.cli.main import main
 from PETDiffusionLib.errors import InputError
@@ -252,3 +253,19 @@ def test_a_study_missing_an_output_is_run_again(cohort_run, tmp_path):
     assert rows["STS_014"]["status"] == "ok" and rows["STS_015"]["status"] == "skipped"
     assert (out / "STS_014" / "organs.csv").is_file()
     assert complete_manifest(out / "STS_014", "denoise-segment") is not None
+
+
+# ------------------------------------------------------------- what each Ray worker declares
+@pytest.mark.parametrize("device, cluster, gpus, want", [
+    ("auto", {"CPU": 16.0, "GPU": 4.0}, None, (1.0, 1.0, "cuda")),   # a GPU each, where there are GPUs
+    ("auto", {"CPU": 2.0}, None, (1.0, 0.0, "cpu")),
+    ("cpu", {"CPU": 16.0, "GPU": 4.0}, None, (1.0, 0.0, "cpu")),     # CPU workers on a GPU cluster
+    ("cuda:1", {"CPU": 16.0, "GPU": 4.0}, 0.5, (1.0, 0.5, "cuda")),  # Ray picks the GPU: cuda:0 of its own
+])
+def test_a_ray_worker_declares_the_resources_its_device_needs(device, cluster, gpus, want):
+    assert worker_resources(device, cluster, 1.0, gpus) == want
+
+
+def test_cuda_workers_on_a_cluster_without_gpus_are_refused():
+    with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPU"):
+        worker_resources("cuda", {"CPU": 8.0}, 1.0, None)

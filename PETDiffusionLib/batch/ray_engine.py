@@ -133,41 +133,51 @@ def run_ray(task_id: str, studies: list[Study], out_dir: str, on_row: Callable[[
         if n > fit and address is None:  # a local instance never grows: they would wait forever
             raise InputError(f"--workers {n}: each worker needs {gpus:g} GPU, this machine has "
                              f"{_fmt(cluster)}: {fit} fit; lower --workers")
-        if n > fit:  # on a cluster that grows (autoscaler) the others start later
+        if n > fit:  # never start workers the cluster cannot place: their studies would wait
             log.warning("--workers %d: each worker needs %g CPU and %g GPU, the cluster has %s: "
-                        "%d fit now, the others wait for resources", n, cpus, gpus, _fmt(cluster), fit)
+                        "running %d", n, cpus, gpus, _fmt(cluster), fit)
+            n = fit
         log.info("ray: %s, %d worker(s) of %g CPU / %g GPU on %s", address or "local instance", n,
                  cpus, gpus, _fmt(cluster))
         actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus,
                                max_restarts=ACTOR_MAX_RESTARTS)(_RayStudyWorker)
         actors = [actor_cls.remote(task_id, dev, model_path) for _ in range(n)]
-        infos = ray.get([a.info.remote() for a in actors])
-        for info in infos:
+        # Each worker gets one study at once (it runs when its model has loaded: an actor runs
+        # its calls in order), then the next study goes to whichever worker is free.
+        starting = {a.info.remote(): a for a in actors}
+        queue = deque(studies)
+        running: dict[Any, tuple[Any, Study]] = {}
+
+        def submit(actor) -> None:
+            study = queue.popleft()
+            running[actor.run.remote(study.to_dict(), out_dir)] = (actor, study)
+
+        for actor in actors:
+            submit(actor)  # n <= len(studies)
+        def started(ref) -> None:
+            info = ray.get(ref)
             if info.get("error"):
                 raise ModelError(f"a Ray worker could not load the {task_id} model: {info['error']}")
             on_worker(info)
 
-        queue = deque(studies)
-        pending: dict[Any, tuple[Any, Study]] = {}
-
-        def submit(actor) -> None:
-            study = queue.popleft()
-            pending[actor.run.remote(study.to_dict(), out_dir)] = (actor, study)
-
-        for actor in actors:
-            if queue:
-                submit(actor)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            actor, study = pending.pop(done[0])
+        while running:
+            done, _ = ray.wait([*starting, *running], num_returns=1)
+            ref = done[0]
+            if ref in starting:
+                started(ref)
+                del starting[ref]
+                continue
+            actor, study = running.pop(ref)
             try:
-                row = ray.get(done[0])
+                row = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the worker process died during this study
                 row = {"id": study.id, "status": "failed", "worker": "",
                        "error": f"the Ray worker running it died: {error_text(exc).splitlines()[0]}"}
             on_row(row)
             if queue:
                 submit(actor)
+        for ref in starting:  # ready by now: an actor answers info() before its first study
+            started(ref)
         return {"address": address or "local", "resources": _fmt(cluster), "workers": n,
                 "cpus_per_worker": cpus, "gpus_per_worker": gpus, "device": dev}
     finally:
