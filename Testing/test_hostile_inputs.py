@@ -479,6 +479,22 @@ def test_a_corrupt_gzip_keeps_the_reason(tmp_path, area, sts_pet_nifti, capsys):
     assert ".cxx" not in err and len(err.split("cannot read", 1)[1]) > 10
 
 
+@pytest.mark.parametrize("suffix, fragment", [
+    (".nii", "the file is truncated or its header damaged"),
+    (".nii.gz", "a damaged header, or far beyond any PET/CT volume")])
+def test_an_absurd_size_in_the_header_is_named_not_an_allocation_failure(
+        tmp_path, area, sts_pet_nifti, sts_arrays, capsys, suffix, fragment):
+    f = nifti_like(sts_pet_nifti, sts_arrays, tmp_path / "big.nii")
+    raw = bytearray(f.read_bytes())
+    raw[42:48] = struct.pack("<hhh", 30000, 30000, 30000)  # NIfTI-1 header: dim[1..3] at byte 42
+    f.unlink()
+    out = tmp_path / f"big{suffix}"
+    out.write_bytes(gzip.compress(bytes(raw)) if suffix == ".nii.gz" else bytes(raw))
+    err = expect_error(["quantify", "--pet", out, "--out", area / "q"], capsys, area,
+                       f"big{suffix}", "30000x30000x30000 voxels", fragment)
+    assert "allocate" not in err
+
+
 def test_a_pet_marked_as_ct_is_refused(shared_data, tmp_path, area, capsys):
     ct = read_image(shared_data / STS_NIFTI / "CT_image.nii.gz")
     write_image(ct, tmp_path / "ct.nrrd", units="HU")

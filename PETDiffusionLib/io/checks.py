@@ -38,7 +38,9 @@ BQML_UNITS = ("Bq/mL", "BQML", "Bq/ml", "kBq/mL", "counts", "counts/s", "CNTS")
 # Direction cosines of a valid image are orthonormal to ~1e-6; DS rounding in DICOM stays < 1e-4.
 ORTHONORMAL_TOL = 1e-3
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-STORED_TYPE_KEY = "PETDiffusion.stored_type"  # pixel type in the file, before the float32 cast
+STORED_TYPE_KEY = "PETDiffusion.stored_type"
+# 16 GiB: a whole-body CT of 512x512x2000 float32 voxels is 2 GiB; more is a damaged header.
+MAX_VOLUME_BYTES = 16 * 2**30  # pixel type in the file, before the float32 cast
 
 
 def check_3d_geometry(img: sitk.Image, name: object) -> None:
@@ -64,25 +66,47 @@ def check_3d_geometry(img: sitk.Image, name: object) -> None:
         raise InputError(f"the image origin {tuple(o)} is not finite", name)
 
 
-def check_nifti_raw(path: str | os.PathLike) -> None:
-    """What ITK's NIfTI reader hides: NaN/Inf voxels (read as 0) and pixdim 0 (read as 1 mm).
-
-    Reads the header, and the raw voxel data when its type can hold NaN, with nibabel.
-    """
+def check_nifti_header(path: str | os.PathLike) -> None:
+    """Before ITK reads a NIfTI file: its header as stored gives positive sizes and voxel sizes,
+    and (uncompressed) the file holds the bytes the header promises. ITK would read pixdim 0 as
+    1 mm and report a damaged size only as "Failed to allocate memory"."""
     path = Path(path)
     try:
         # the header as stored: nib.load "fixes" pixdim 0 to 1 (with only a log line)
         with ImageOpener(str(path)) as fh:
             hdr = Nifti1Header.from_fileobj(fh, check=False)
+    except Exception as exc:  # nibabel/gzip raise many kinds on damaged files
+        raise InputError(f"cannot read the NIfTI header ({type(exc).__name__}: {exc})", path) from exc
+    ndim = int(hdr["dim"][0])
+    dims = [int(v) for v in hdr["dim"][1:1 + max(0, min(ndim, 7))]]
+    if not 1 <= ndim <= 7 or any(d < 1 for d in dims):
+        raise InputError(f"the NIfTI header gives no valid size (dim = {list(hdr['dim'])}): a "
+                         "damaged file", path)
+    pixdim = [float(v) for v in hdr["pixdim"][1:1 + min(ndim, 3)]]
+    bad = [f"pixdim[{i + 1}] = {v:g}" for i, v in enumerate(pixdim) if not np.isfinite(v) or v <= 0]
+    if bad:
+        raise InputError(f"the NIfTI header gives no voxel size ({', '.join(bad)}); ITK would "
+                         "read it as 1 mm and every volume would be wrong: fix the header "
+                         "(pixdim) or re-export the image", path)
+    n_bytes = int(np.prod(dims, dtype=np.float64)) * hdr.get_data_dtype().itemsize
+    offset = int(hdr["vox_offset"]) if path.name.lower().endswith(".nii") else 0
+    if path.name.lower().endswith(".nii") and path.stat().st_size < offset + n_bytes:
+        raise InputError(f"the file is truncated or its header damaged: the header promises "
+                         f"{'x'.join(map(str, dims))} voxels ({offset + n_bytes:,} bytes), the "
+                         f"file has {path.stat().st_size:,} bytes", path)
+    if n_bytes > MAX_VOLUME_BYTES:
+        raise InputError(f"the header claims {'x'.join(map(str, dims))} voxels "
+                         f"({n_bytes / 2**30:.0f} GiB): a damaged header, or far beyond any PET/CT "
+                         "volume", path)
+
+
+def check_nifti_raw(path: str | os.PathLike) -> None:
+    """What ITK's NIfTI reader hides: NaN/Inf voxels (read as 0); reads the raw voxel data, when
+    its type can hold NaN, with nibabel."""
+    path = Path(path)
+    try:
         nii = nib.load(str(path))
-        ndim = int(hdr["dim"][0])
-        pixdim = [float(v) for v in hdr["pixdim"][1:1 + min(ndim, 3)]]
-        bad = [f"pixdim[{i + 1}] = {v:g}" for i, v in enumerate(pixdim)
-               if not np.isfinite(v) or v <= 0]
-        if bad:
-            raise InputError(f"the NIfTI header gives no voxel size ({', '.join(bad)}); ITK would "
-                             "read it as 1 mm and every volume would be wrong: fix the header "
-                             "(pixdim) or re-export the image", path)
+        hdr = nii.header
         slope, inter = hdr.get_slope_inter()
         for what, v in (("scl_slope", slope), ("scl_inter", inter)):
             if v is not None and not np.isfinite(v):

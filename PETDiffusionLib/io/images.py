@@ -16,7 +16,8 @@ import SimpleITK as sitk
 
 from PETDiffusionLib.errors import InputError, itk_reason
 from PETDiffusionLib.io.atomic import atomic_path
-from PETDiffusionLib.io.checks import STORED_TYPE_KEY, check_3d_geometry, check_nifti_raw
+from PETDiffusionLib.io.checks import (STORED_TYPE_KEY, check_3d_geometry, check_nifti_header,
+                                       check_nifti_raw)
 from PETDiffusionLib.io.dicom import read_dicom_image
 # The metadata keys and their helpers live in io/metadata.py (shared with io/dicom.py); they are
 # re-exported here, where the rest of the project imports them from.
@@ -58,6 +59,8 @@ def read_image(path: str | os.PathLike, pixel_type=sitk.sitkFloat32,
     if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES):
         raise InputError(f"not a supported image file (expected one of {', '.join(IMAGE_SUFFIXES)} "
                          "or a DICOM folder)", path)
+    if _is_nifti(path):
+        check_nifti_header(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
