@@ -14,7 +14,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest)
 
-from PETDiffusionSlicer import display
+from PETDiffusionSlicer import about, display
 from PETDiffusionSlicer.logic import TaskLogic
 from PETDiffusionSlicer.resources import icon_path
 from PETDiffusionSlicer.widget import TaskWidget
@@ -31,14 +31,13 @@ class CTtoPETSynthesis(ScriptedLoadableModule):
         self.parent.title = "CT to PET Synthesis"
         self.parent.categories = ["Nuclear Medicine"]
         self.parent.dependencies = []
-        self.parent.contributors = ["PETDiffusion contributors"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text("CTtoPETSynthesis", (
             "Synthesizes an FDG PET volume in SUV from a CT (CPDM: a Brownian bridge diffusion model guided "
             "by an attention map and an attenuation map). The result lies on the CT grid, is named "
-            "[SYNTHETIC] and carries the attribute PETDiffusion.synthetic = 1. Use the compare layout to "
-            "review CT | reference PET | synthetic PET side by side. Research use only, not for diagnosis.")
-        self.parent.acknowledgementText = (
-            "Method: Li et al., CPDM (CT-to-PET diffusion). Built on 3D Slicer, MONAI and PyTorch.")
+            "[SYNTHETIC] and carries the attribute PETDiffusion.synthetic = 1. 'Compare layout' shows CT | "
+            "reference PET | synthetic PET side by side, axial, linked."))
+        self.parent.acknowledgementText = about.acknowledgement_text("CTtoPETSynthesis")
         icon = icon_path("CTtoPETSynthesis")
         if icon:
             self.parent.icon = qt.QIcon(icon)
@@ -69,6 +68,7 @@ class CTtoPETSynthesisWidget(TaskWidget):
     ui_file = "UI/CTtoPETSynthesis.ui"
     title = "CT to PET Synthesis"
     input_field = "inputCT"
+    input_guesses = {"inputCT": "ct", "referencePET": "pet"}
     result_buttons = ("exportButton", "compareButton")
     tooltip_running = "Cancel the running synthesis"
     tooltip_ready = "Synthesize PET from the CT"

@@ -4,6 +4,7 @@ Thin Slicer face over ``PETDiffusionLib`` task ``denoise-segment`` (AMDiff), whi
 process (PETDiffusionSlicer.runner). Research use only.
 """
 
+import json
 import os
 from typing import Annotated
 
@@ -14,7 +15,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest)
 
-from PETDiffusionSlicer.logic import TaskLogic
+from PETDiffusionSlicer import about, sampledata
+from PETDiffusionSlicer.logic import TaskLogic, recompute_from_segments
 from PETDiffusionSlicer.resources import icon_path
 from PETDiffusionSlicer.widget import TaskWidget
 
@@ -30,19 +32,20 @@ class PETDenoiseSegment(ScriptedLoadableModule):
         self.parent.title = "PET Denoise and Segment"
         self.parent.categories = ["Nuclear Medicine"]
         self.parent.dependencies = []
-        self.parent.contributors = ["PETDiffusion contributors"]
-        self.parent.helpText = (
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        self.parent.helpText = about.help_text("PETDenoiseSegment", (
             "Denoises a low-count (low-dose or short-scan) PET in SUV and segments lesions and organs in one "
             "step (AMDiff: a semantic-informed diffusion denoiser with a dual-branch segmenter). Returns the "
             "denoised PET (model output, marked synthetic), lesion and organ segmentations with standard "
-            "terminology, and lesion/organ tables (SUVmax, SUVmean, SUVpeak, MTV, TLG). Export report writes "
-            "the PDF/CSV/JSON report. Research use only, not for diagnosis.")
-        self.parent.acknowledgementText = (
-            "Method: AMDiff (anatomically and metabolically informed diffusion for PET denoising and lesion "
-            "segmentation). Built on 3D Slicer, MONAI and PyTorch.")
+            "terminology, and lesion/organ tables (SUVmax, SUVpeak, SUVmean in SUVbw, MTV in mL, TLG in "
+            "SUVbw*mL) with the low-count input's SUVmax/SUVpeak beside them. After editing the lesions in "
+            "Segment Editor, 'Recompute from edited segments' measures them again. Export report writes the "
+            "PDF/CSV/JSON report."))
+        self.parent.acknowledgementText = about.acknowledgement_text("PETDenoiseSegment")
         icon = icon_path("PETDenoiseSegment")
         if icon:
             self.parent.icon = qt.QIcon(icon)
+        sampledata.register_after_startup()   # phantom and sarcoma PET/CT in the Sample Data module
 
 
 #
@@ -72,14 +75,31 @@ class PETDenoiseSegmentWidget(TaskWidget):
     ui_file = "UI/PETDenoiseSegment.ui"
     title = "PET Denoise and Segment"
     input_field = "inputPET"
+    input_guesses = {"inputPET": "pet", "inputCT": "ct"}
+    result_buttons = ("exportButton", "recomputeButton")
     tooltip_ready = "Denoise the PET and segment lesions and organs"
     tooltip_missing = "Select a low-count PET volume"
 
     def createLogic(self):
         return PETDenoiseSegmentLogic()
 
+    def setup(self) -> None:
+        TaskWidget.setup(self)
+        self.ui.recomputeButton.connect("clicked(bool)", self.onRecomputeButton)
+
     def doneText(self, run) -> str:
         return self.logic.summaryText(run)
+
+    def onRecomputeButton(self) -> None:
+        """Segment Editor round trip: the lesion table, TMTV and TLG from the edited lesion segments."""
+        if self._run is None or self._run.state != "completed":
+            return
+        with slicer.util.tryWithErrorDisplay("Recomputing from the edited segments failed.", waitCursor=True):
+            result = self.logic.recomputeFromEditedSegments(self._run)
+            s = result["summary"]
+            self.ui.statusLabel.text = (f"Recomputed from the edited segments: {s['lesion_count']} lesion(s), "
+                                        f"TMTV {float(s['tmtv_ml']):.1f} mL, TLG {float(s['ttlg']):.1f} SUVbw*mL; "
+                                        f"report in {result['files'][0].parent}")
 
 #
 # Logic: usable without the widget (Python console, tests)
@@ -112,12 +132,22 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
         model = p.modelPath.strip() or None
         return self.process({"pet": p.inputPET, "ct": p.inputCT}, params, device=p.device, model=model, **kw)
 
+    def recomputeFromEditedSegments(self, run, out_dir=None) -> dict:
+        """After editing the run's lesion segmentation in Segment Editor: the lesion table node, the
+        summary (TMTV, TLG) and the report again, from the edited segments, on the denoised PET
+        (PETDiffusionSlicer.logic.recompute_from_segments). Files go to <run folder>/edited."""
+        out_dir = out_dir or (run.output_dir / "edited")
+        result = recompute_from_segments(run.output_nodes["pet_denoised"], run.output_nodes["lesions"], out_dir,
+                                         organs=run.output_nodes.get("organs"), task=TASK_ID,
+                                         table_node=run.output_nodes.get("lesions_csv"))
+        run.output_nodes["lesions_csv"] = result["table"]
+        return result
+
     def summaryText(self, run) -> str:
         """Lesion count, TMTV and TLG from the run's summary.json (as the library computed them)."""
         summary = run.output_files.get("summary_json")
         if summary is None or not summary.exists():
             return ""
-        import json
         s = json.loads(summary.read_text())
         parts = []
         if "lesion_count" in s:

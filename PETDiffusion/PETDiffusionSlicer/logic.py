@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from . import display
-from .runner import (LogCallback, ProgressCallback, TaskError, TaskRun, last_error_line, library_command,
-                     subprocess_environment, task_spec)
+import SimpleITK as sitk
+import slicer
+
+from . import display, nodes
+from .runner import (LogCallback, ProgressCallback, TaskError, TaskRun, last_error_line, prefetch_spec,
+                     run_library, task_spec)
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,31 @@ class TaskLogic:
         if task:
             self.task = task
         self._spec: dict | None = None
+        self._spec_error: str | None = None
+        self._prefetch = None
         self.lastRun: TaskRun | None = None
 
     # -- the task's spec (parameters, defaults, ranges) ----------------------------------------
+    def prefetchSpec(self):
+        """Start reading the task's spec in a background thread (the panel does it when it opens, so
+        that Apply never waits for a new Python process); the thread, or None when already known."""
+        if self._spec is not None or (self._prefetch is not None and self._prefetch.is_alive()):
+            return self._prefetch
+
+        def done(spec, error):
+            self._spec, self._spec_error = (spec if spec is not None else self._spec), error
+        self._prefetch = prefetch_spec(self.task, done)
+        return self._prefetch
+
+    def specReady(self) -> bool:
+        """True when :meth:`spec` answers at once (known, or a prefetch finished, with or without error)."""
+        return self._spec is not None or (self._prefetch is not None and not self._prefetch.is_alive())
+
     def spec(self) -> dict:
+        if self._spec is None and self._prefetch is not None:
+            self._prefetch.join()
         if self._spec is None:
-            self._spec = task_spec(self.task)
+            self._spec = task_spec(self.task)   # cached on disk after the first time (runner.task_spec)
         return self._spec
 
     def parameterSpec(self, name: str) -> dict | None:
@@ -140,10 +161,9 @@ class TaskLogic:
                 if names:
                     (tmp / "organ_names.json").write_text(json.dumps(names))
                     args += ["--organ-names", str(tmp / "organ_names.json")]
-            proc = subprocess.run(library_command(*args), capture_output=True, text=True,
-                                  env=subprocess_environment(None))
-            if proc.returncode != 0:
-                raise TaskError(last_error_line(proc.stderr) or "DICOM SEG export failed")
+            returncode, output = run_library(args)
+            if returncode != 0:
+                raise TaskError(last_error_line(output) or "DICOM SEG export failed")
             written = []
             for dcm in sorted((tmp / "out").glob("*.dcm")):
                 shutil.copy2(dcm, folder / dcm.name)
@@ -151,9 +171,63 @@ class TaskLogic:
             return written
 
 
+def recompute_from_segments(pet_node, lesion_segmentation, out_dir: str | Path, *, organs=None,
+                            task: str = "quantify", table_node=None) -> dict:
+    """The Segment Editor round trip: after the user edited the lesion segmentation, measure the
+    edited segments again with the library (``petdiffusion report``: lesion table, TMTV, TLG, the
+    PDF report) on the PET's grid. Each segment is one lesion, numbered in segment order (a single
+    segment is split into its 18-connected parts, as a binary mask is). ``organs``: an organ
+    segmentation or label map node (organ of each lesion, PERCIST references).
+
+    Writes the report files into ``out_dir``; fills ``table_node`` (or a new table node) from the new
+    lesions.csv. Returns {"table": node, "summary": summary.json as a dict, "files": [paths]}.
+    """
+    if pet_node is None or lesion_segmentation is None:
+        raise ValueError("select the PET and the lesion segmentation")
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="PETDiffusion-recompute-") as tmp:
+        tmp = Path(tmp)
+        pet_file = nodes.write_volume_node(pet_node, tmp / "pet.nrrd")
+        label, names = nodes.label_image_from_segmentation(lesion_segmentation, pet_node)
+        sitk.WriteImage(label, str(tmp / "lesions.nrrd"), useCompression=True)
+        args = ["report", "--pet", str(pet_file), "--lesions", str(tmp / "lesions.nrrd"),
+                "--out", str(tmp / "out"), "--task", task]
+        if pet_node.GetAttribute(nodes.SYNTHETIC_ATTRIBUTE) == "1":
+            args.append("--synthetic")
+        if organs is not None:
+            if organs.IsA("vtkMRMLSegmentationNode"):
+                organ_label, organ_names = nodes.label_image_from_segmentation(organs, pet_node)
+            else:
+                organ_label, organ_names = nodes.image_from_volume_node(organs), nodes.label_names_of(organs)
+            sitk.WriteImage(sitk.Cast(organ_label, sitk.sitkUInt16), str(tmp / "organs.nrrd"), useCompression=True)
+            (tmp / "organ_names.json").write_text(json.dumps({str(k): v for k, v in organ_names.items()}))
+            args += ["--organs", str(tmp / "organs.nrrd"), "--organ-names", str(tmp / "organ_names.json")]
+        returncode, output = run_library(args)
+        if returncode != 0:
+            message = last_error_line(output) or "recomputing the lesion table failed"
+            raise TaskError(message.replace(str(tmp / "lesions.nrrd"), f'"{lesion_segmentation.GetName()}"'))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for item in sorted((tmp / "out").iterdir()):
+            shutil.copy2(item, out_dir / item.name)
+            files.append(out_dir / item.name)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    csv_path = out_dir / "lesions.csv"
+    if table_node is None:
+        table_node = nodes.table_node_from_csv(csv_path, f"{lesion_segmentation.GetName()} lesions (edited)")
+    else:
+        fresh = nodes.table_node_from_csv(csv_path, "__recomputed")
+        table_node.GetTable().DeepCopy(fresh.GetTable())
+        for col in nodes.table_columns(fresh):
+            if fresh.GetColumnUnitLabel(col):
+                table_node.SetColumnUnitLabel(col, fresh.GetColumnUnitLabel(col))
+        table_node.Modified()
+        nodes.scene().RemoveNode(fresh)
+    return {"table": table_node, "summary": summary, "files": files}
+
+
 def _dicom_files_of(volume_node, tmp: Path) -> Path | None:
     """A folder with the DICOM files a volume was loaded from (Slicer's DICOM database), or None."""
-    import slicer
     uids = volume_node.GetAttribute("DICOM.instanceUIDs") if volume_node is not None and hasattr(volume_node, "GetAttribute") else None
     database = getattr(slicer, "dicomDatabase", None)
     if not uids or database is None:
@@ -168,7 +242,6 @@ def _dicom_files_of(volume_node, tmp: Path) -> Path | None:
 
 
 def _write_segmentation(seg_node, path: Path) -> Path:
-    import slicer
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))
     if not storage.WriteData(seg_node):

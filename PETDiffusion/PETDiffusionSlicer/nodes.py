@@ -368,6 +368,53 @@ def place_in_study_of(node, reference_node) -> None:
         sh.CreateItem(parent, node)
 
 
+# ------------------------------------------------------------------------------------------------
+# Which volume is the PET, which the CT
+# ------------------------------------------------------------------------------------------------
+DICOM_MODALITY_ATTRIBUTE = "DICOM.Modality"   # subject hierarchy series attribute (DICOM (0008,0060))
+SUV_UNITS = ("SUVbw", "SUVlbm", "SUVbsa", "SUVibw", "SUV", "SUL")   # the library's SUV unit names
+#: DICOM-coded voxel quantities (code value) that say what a volume holds; see UNIT_CODES.
+PET_QUANTITY_CODES = ("126400", "130047")     # Standardized Uptake Value, Activity Concentration
+CT_UNIT_CODES = ("[hnsf'U]",)                 # UCUM Hounsfield unit
+
+
+def volume_role(node) -> str | None:
+    """"pet", "ct" or None for a scalar volume node, from what it says about itself: the
+    PETDiffusion.units attribute, its DICOM-coded voxel quantity and units, or the DICOM modality of
+    its series in the subject hierarchy (PT, CT). Never from its name or its place in the scene."""
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return None
+    units = node.GetAttribute(UNITS_ATTRIBUTE) or ""
+    if units in SUV_UNITS or units.upper() in ("BQML", "BQ/ML", "GML"):
+        return "pet"
+    if units == "HU":
+        return "ct"
+    quantity, unit = node.GetVoxelValueQuantity(), node.GetVoxelValueUnits()
+    if quantity is not None and quantity.GetCodeValue() in PET_QUANTITY_CODES:
+        return "pet"
+    if unit is not None and unit.GetCodeValue() in CT_UNIT_CODES:
+        return "ct"
+    modality = node.GetAttribute(DICOM_MODALITY_ATTRIBUTE)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene()) if node.GetScene() else None
+    if not modality and sh is not None:
+        item = sh.GetItemByDataNode(node)
+        if item:
+            modality = sh.GetItemAttribute(item, DICOM_MODALITY_ATTRIBUTE)
+    return {"PT": "pet", "CT": "ct"}.get((modality or "").strip().upper())
+
+
+def guess_volume(scene, role: str):
+    """The volume to preselect for an input role ("pet" or "ct"): the first measured (not synthetic)
+    scalar volume whose :func:`volume_role` is ``role``; None when there is none (the user picks)."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        if node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "1":
+            continue
+        if volume_role(node) == role:
+            return node
+    return None
+
+
 COLOR_TABLE_FILE = "ColorTables/PETDiffusion.csv"
 
 

@@ -11,6 +11,7 @@ the scene. Cancel kills the whole process tree and removes every temporary file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -74,17 +75,75 @@ def subprocess_environment(device: str | None) -> dict:
     return env
 
 
+def _no_window() -> dict:
+    """subprocess keywords that keep a console window from opening on Windows."""
+    return {"creationflags": subprocess.CREATE_NO_WINDOW} if os.name == "nt" else {}
+
+
 def library_command(*args: str) -> list[str]:
     return [python_executable(), "-m", "PETDiffusionLib", *args]
 
 
-def task_spec(task: str, timeout: float = 120.0) -> dict:
-    """The task's spec (inputs, parameters with defaults and ranges, outputs) from the library."""
+SPEC_CACHE_DIR = Path(tempfile.gettempdir()) / "PETDiffusion-spec-cache"
+
+
+def spec_cache_key(root: Path | None = None) -> str:
+    """Changes whenever a task spec can have changed: a hash of the library's version file and of the
+    size and modification time of every ``tasks/**/*.py`` and ``__init__.py`` of the library."""
+    root = root if root is not None else library_root()
+    lib = (root / "PETDiffusionLib") if root is not None else None
+    digest = hashlib.sha256(str(lib).encode())
+    if lib is not None and lib.is_dir():
+        files = sorted([lib / "__init__.py", *lib.joinpath("tasks").rglob("*.py")])
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                digest.update(f"{f.relative_to(lib)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def task_spec(task: str, timeout: float = 120.0, cache_dir: Path | None = SPEC_CACHE_DIR) -> dict:
+    """The task's spec (inputs, parameters with defaults and ranges, outputs) from the library.
+
+    ``petdiffusion spec`` runs once per library state (a new Python process takes seconds); its
+    answer is kept in ``cache_dir`` under :func:`spec_cache_key`, so a later call, and the first Apply
+    after a prefetch (:func:`prefetch_spec`), reads a file instead. ``cache_dir=None``: always ask.
+    """
+    cached = Path(cache_dir) / f"{task}-{spec_cache_key()}.json" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            return json.loads(cached.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("ignoring an unreadable spec cache file %s", cached)
     proc = subprocess.run(library_command("spec", task), capture_output=True, text=True,
-                          env=subprocess_environment(None), timeout=timeout)
+                          env=subprocess_environment(None), timeout=timeout, **_no_window())
     if proc.returncode != 0:
         raise TaskError(last_error_line(proc.stderr) or f"petdiffusion spec {task} failed ({proc.returncode})")
-    return json.loads(proc.stdout)[task]
+    spec = json.loads(proc.stdout)[task]
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(spec), encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError as exc:
+            log.warning("could not cache the %s spec: %s", task, exc)
+    return spec
+
+
+def prefetch_spec(task: str, done: Callable[[dict | None, str | None], None] | None = None) -> threading.Thread:
+    """Fetch (and cache) the task's spec in a background thread, so that no click waits for it.
+    ``done(spec, error)`` is called from that thread (set a flag there; touch no Qt object)."""
+    def work():
+        try:
+            spec, error = task_spec(task), None
+        except Exception as exc:  # reported to the caller; the GUI shows it on Apply
+            spec, error = None, str(exc)
+        if done is not None:
+            done(spec, error)
+    thread = threading.Thread(target=work, name=f"PETDiffusion-spec-{task}", daemon=True)
+    thread.start()
+    return thread
 
 
 def last_error_line(stderr: str) -> str:
@@ -95,8 +154,45 @@ def last_error_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-def kill_process_tree(pid: int, timeout: float = 2.0) -> None:
-    """Kill a process and all its descendants (psutil where present, else its process group)."""
+def launch_process(cmd: list[str], env: dict) -> tuple[subprocess.Popen, bool]:
+    """Start the library process; returns (process, merged).
+
+    Through Slicer's console-process launcher (``slicer.util.launchConsoleProcess``: no console
+    window on Windows, Slicer's environment plus ``env``) where there is one, with stdout and stderr
+    merged (``merged`` True); else ``subprocess.Popen`` in a process group of its own, stderr apart.
+    """
+    util = getattr(slicer_module(), "util", None)
+    launcher = getattr(util, "launchConsoleProcess", None)
+    if launcher is not None:
+        try:
+            return launcher(cmd, useStartupEnvironment=False, updateEnvironment=env), True
+        except TypeError:   # a Slicer older than updateEnvironment (5.2): start it ourselves
+            log.info("slicer.util.launchConsoleProcess takes no updateEnvironment; using subprocess")
+    popen_kw = {}
+    if os.name == "nt":
+        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    else:
+        popen_kw["start_new_session"] = True  # its own process group: cancel kills all of it
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, bufsize=1, env=env, **popen_kw), False
+
+
+def run_library(args: list[str], timeout: float = 600.0, device: str | None = None) -> tuple[int, str]:
+    """Run one library command to its end (through :func:`launch_process`); (return code, its
+    output: stdout, then stderr unless merged). Raises TaskError when it outlives ``timeout``."""
+    proc, merged = launch_process(library_command(*args), subprocess_environment(device))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc.pid, own_group=not merged)
+        proc.communicate()
+        raise TaskError(f"petdiffusion {args[0]} did not finish within {timeout:.0f} s and was stopped") from None
+    return proc.returncode, (out or "") + ("" if merged else (err or ""))
+
+
+def kill_process_tree(pid: int, timeout: float = 2.0, own_group: bool = True) -> None:
+    """Kill a process and all its descendants (psutil where present, else its process group when it
+    has one of its own, else the process alone)."""
     try:
         import psutil
     except ImportError:
@@ -116,11 +212,14 @@ def kill_process_tree(pid: int, timeout: float = 2.0) -> None:
         return
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-    else:
-        try:
+        return
+    try:
+        if own_group:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        else:
+            os.kill(pid, signal.SIGKILL)   # never the group: it would be Slicer's own
+    except ProcessLookupError:
+        pass
 
 
 class TaskRun:
@@ -159,6 +258,7 @@ class TaskRun:
         self._manifest_path: str | None = None
         self._error_event: str | None = None
         self._input_labels: dict[str, str] = {}   # temporary file -> what the user calls it
+        self._merged = False                      # stderr merged into stdout (console launcher)
 
     # -- command line -----------------------------------------------------------------------
     def command(self, input_files: Mapping[str, Path], out_dir: Path) -> list[str]:
@@ -204,19 +304,15 @@ class TaskRun:
             out_dir = self.work_dir / "out"
             cmd = self.command(input_files, out_dir)
             log.info("starting %s", " ".join(cmd))
-            popen_kw = {}
-            if os.name == "nt":
-                popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-            else:
-                popen_kw["start_new_session"] = True  # its own process group: cancel kills all of it
-            self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                            env=subprocess_environment(self.device), **popen_kw)
+            self.process, self._merged = launch_process(cmd, subprocess_environment(self.device))
         except BaseException:
             self._remove_work_dir()
             raise
         self.state = "running"
-        for target, stream in ((self._read_stdout, self.process.stdout), (self._read_stderr, self.process.stderr)):
+        streams = [(self._read_stdout, self.process.stdout)]
+        if not self._merged:
+            streams.append((self._read_stderr, self.process.stderr))
+        for target, stream in streams:
             t = threading.Thread(target=target, args=(stream,), daemon=True)
             t.start()
             self._threads.append(t)
@@ -241,9 +337,12 @@ class TaskRun:
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
-                event = {"event": "log", "level": "info", "message": line}
+                event = None
             if not isinstance(event, dict):
                 event = {"event": "log", "level": "info", "message": line}
+                if self._merged:   # stderr comes this way too: keep the tail for error messages
+                    self._stderr_tail.append(line)
+                    del self._stderr_tail[:-200]
             self._events.put(event)
 
     def _read_stderr(self, stream) -> None:
@@ -333,7 +432,7 @@ class TaskRun:
         if self.state != "running":
             return
         if self.process and self.process.poll() is None:
-            kill_process_tree(self.process.pid)
+            kill_process_tree(self.process.pid, own_group=not self._merged)
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:

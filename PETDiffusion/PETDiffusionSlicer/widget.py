@@ -10,7 +10,7 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from PETDiffusionSlicer import dependencies
+from PETDiffusionSlicer import dependencies, nodes
 from PETDiffusionSlicer.resources import resource_path
 
 
@@ -23,6 +23,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     ui_file = ""                 # e.g. "UI/PETDenoiseSegment.ui"
     title = ""                   # the module title, for dependency and error dialogs
     input_field = ""             # the parameter node field that must be set before Apply
+    input_guesses = {}           # parameter node field -> role ("pet", "ct") preselected by what volumes say they are
     result_buttons = ("exportButton",)  # enabled once a run has completed
     tooltip_running = "Cancel the running task"
     tooltip_ready = "Run the task"
@@ -51,6 +52,7 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.createLogic()
+        self.logic.prefetchSpec()   # in a thread: the first Apply does not wait for `petdiffusion spec`
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -88,10 +90,13 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not getattr(self._parameterNode, self.input_field):
-            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if node:
-                setattr(self._parameterNode, self.input_field, node)
+        # Preselect inputs by modality and units (PETDiffusionSlicer.nodes.volume_role), never "the
+        # first volume": a CT is not offered as the PET.
+        for field, role in self.input_guesses.items():
+            if not getattr(self._parameterNode, field):
+                node = nodes.guess_volume(slicer.mrmlScene, role)
+                if node:
+                    setattr(self._parameterNode, field, node)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -119,10 +124,18 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.cancel()
             self._finishRun()
             return
+        if not self.logic.specReady():
+            # the task description is still being read (first opening only): try again shortly
+            self.ui.statusLabel.text = "Reading the task description (first time only)..."
+            qt.QTimer.singleShot(300, self.onApplyButton)
+            return
+        status = dependencies.ensure_dependencies(self.title)
+        if not status.ok:
+            # not an error: the user declined, or must install the PyTorch extension first
+            self.ui.statusLabel.text = status.message
+            slicer.util.showStatusMessage(status.message, 8000)
+            return
         with slicer.util.tryWithErrorDisplay(f"Could not start {self.title}.", waitCursor=True):
-            if not dependencies.ensure_dependencies(self.title):
-                self.ui.statusLabel.text = "The required Python packages are not installed."
-                return
             self.ui.statusLabel.text = "Starting..."
             self._run = self.logic.processParameterNode(self._parameterNode, on_progress=self.onProgress,
                                                         on_log=self.onLog)
