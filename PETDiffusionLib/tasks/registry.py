@@ -37,6 +37,8 @@ class TaskEntry:
 TASKS: tuple[TaskEntry, ...] = (
     TaskEntry("denoise-segment", "denoise_segment"),
     TaskEntry("ct-to-pet", "ct_to_pet"),
+    TaskEntry("restore", "restore"),
+    TaskEntry("synthesize", "synthesize"),
 )
 
 PARTS: tuple[str, ...] = ("spec", "pipeline", "evaluate", "demo", "bench")
