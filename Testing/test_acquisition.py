@@ -91,3 +91,54 @@ def test_a_10_mm_lesion_recovers_less_contrast_than_a_30_mm_lesion():
     print("contrast recovery (SUVmax):", {k: round(float(v), 2) for k, v in recovery.items()})
     assert recovery[10.0] < recovery[30.0]
     assert recovery[10.0] < 0.75  # PHYSICS.md §4: a 10 mm sphere recovers 17-62 % of its contrast
+
+
+# ------------------------------------------------------------------------------------------------
+# NAC contract (issue 16, PHYSICS.md §4.1): calibrated exactly as the AC image, never rescaled
+
+def test_nac_image_in_suv_explains_the_measured_counts_with_the_ac_calibration(cylinder_scan):
+    """Forward-projecting the NAC image (SUV -> Bq/mL with the AC image's factor) with the AC image's
+    sensitivity x frame and no attenuation gives back the measured prompts minus randoms."""
+    from PETDiffusionLib.physics.projector import get_projector, volume_to_columns
+    body, xx, yy, scan, cfg, rng = cylinder_scan
+    nac = reconstruct(scan, 1.0, body.shape, SPACING, cfg, rng, attenuation=False)
+    P = get_projector(scan.extra["geometry"])
+    expected = scan.extra["scale"] * P.forward(volume_to_columns(nac / scan.suv_per_bq_ml))
+    measured = scan.prompts - scan.randoms
+    ratio = float(expected.sum() / measured.sum())
+    print(f"projected NAC / measured net counts = {ratio:.4f}")
+    assert abs(ratio - 1.0) < 0.03
+
+
+def test_nac_is_not_rescaled_toward_the_true_suv(cylinder_scan):
+    """A 20 cm water cylinder of SUV 1: the NAC reads far below 1 inside the body (about the mean
+    transmission exp(-mu L) plus the scatter it keeps), where the AC reads 1."""
+    body, xx, yy, scan, cfg, rng = cylinder_scan
+    nac = reconstruct(scan, 1.0, body.shape, SPACING, cfg, rng, attenuation=False)
+    inner = body[2:-2] & (np.hypot(xx, yy) < 90)[None]
+    mean = float(nac[2:-2][inner].mean())
+    print(f"NAC mean inside the cylinder {mean:.3f} SUV (true 1.000)")
+    # transmission through the diameter exp(-0.096 * 20) = 0.15 bounds the centre from below;
+    # no chord transmits more than exp(0) = 1, and scatter adds at most SF / (1 - SF) = 0.54
+    assert 0.15 < mean < 0.6
+
+
+def test_nac_in_suv_reads_the_same_at_60_and_150_minutes():
+    """The same uniform cylinder (SUV 1) scanned at 60 and at 150 min p.i. (the dual-time-point
+    times, PHYSICS.md §5): decay leaves 39 % fewer counts, yet both NAC images read the same SUV,
+    because each is converted with its own scan's decayed dose, as the AC image is."""
+    body, xx, yy = _cylinder()
+    suv = body.astype(np.float32)
+    mu = body.astype(np.float32) * WATER_MU
+    cfg = _config(sensitivity=AcquisitionConfig().sensitivity * 10)
+    inner = body[2:-2] & (np.hypot(xx, yy) < 90)[None]
+    means, counts = [], []
+    for minutes in (60.0, 150.0):
+        rng = np.random.default_rng(3)
+        scan = simulate_scan(suv, mu, SPACING, 80.0, minutes, cfg, rng)
+        nac = reconstruct(scan, 1.0, body.shape, SPACING, cfg, rng, attenuation=False)
+        means.append(float(nac[2:-2][inner].mean()))
+        counts.append(scan.counts_total)
+    print("NAC mean SUV at 60 and 150 min:", np.round(means, 4), "counts ratio", counts[1] / counts[0])
+    assert 0.55 < counts[1] / counts[0] < 0.65  # exp(-ln2 * 90 min / 109.8 min) = 0.57
+    assert abs(means[0] / means[1] - 1.0) < 0.02

@@ -25,8 +25,9 @@ from PETDiffusionLib.io.images import write_image
 from PETDiffusionLib.phantom.anatomy import (LABEL_ID, ORGAN_LABELS, Anatomy, Demographics, Grid,
                                              build_anatomy, sample_demographics)
 from PETDiffusionLib.phantom.tissues import ct_map, draw_uptake, mr_t1_map, suv_map
-from PETDiffusionLib.physics.acquisition import (GA68_HALF_LIFE_S, AcquisitionConfig, normalise_nac,
-                                                 reconstruct, simulate_scan)
+from PETDiffusionLib.phantom.motion import apply_motion, draw_motion
+from PETDiffusionLib.physics.acquisition import (GA68_HALF_LIFE_S, AcquisitionConfig, reconstruct,
+                                                 simulate_scan)
 from PETDiffusionLib.physics.attenuation import hu_to_mu
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ DELAYED_LESION_CHANGE = (0.15, 0.13)
 DELAYED_LIVER_BLOOD_CHANGE = (-0.20, -0.05)
 DELAYED_MYOCARDIUM_CHANGE = (0.0, 0.30)
 DELAYED_BLADDER_FACTOR = (0.4, 1.6)
-DELAYED_SHIFT_MM = (6.0, 6.0, 10.0)  # max |shift| x, y, z: a small repositioning between scans
+# Shift-only repositioning of the first simulator (max |shift| x, y, z mm): no longer applied, but
+# still drawn so that the images made after the delayed ones (mr_t1) keep their random stream.
+LEGACY_DELAYED_SHIFT_MM = (6.0, 6.0, 10.0)
 
 
 @dataclass
@@ -106,7 +109,6 @@ def simulate_case(seed: int, index: int, cfg: PhantomConfig) -> SimulatedCase:
         acq = AcquisitionConfig(**{**acq.to_dict(), "half_life_s": GA68_HALF_LIFE_S})
     sp = anat.grid.spacing
     shape = anat.grid.shape
-    body = anat.organs > 0
     info: dict = {}
     t_phantom = time.perf_counter() - t0
     if any(g in cfg.images for g in ("ac", "low", "nac")):
@@ -119,28 +121,43 @@ def simulate_case(seed: int, index: int, cfg: PhantomConfig) -> SimulatedCase:
             for pct in acq.fractions:
                 images[f"pet_low_{pct}"] = reconstruct(scan, pct / 100.0, shape, sp, acq, rng, attenuation=True)
         if "nac" in cfg.images:
-            nac = reconstruct(scan, 1.0, shape, sp, acq, rng, attenuation=False)
-            images["pet_nac"], info["nac_scale"] = normalise_nac(nac, suv, body)
+            # calibrated as the AC image (same sensitivity and SUV factor), never rescaled (§4.1)
+            images["pet_nac"] = reconstruct(scan, 1.0, shape, sp, acq, rng, attenuation=False)
     if "delayed" in cfg.images:
         suv_d, changes = delayed_truth(anat, suv, rng)
-        shift_mm = rng.uniform(-1, 1, 3) * np.array(DELAYED_SHIFT_MM)  # x, y, z
-        shift_vox = [shift_mm[2] / sp[2], shift_mm[1] / sp[1], shift_mm[0] / sp[0]]
-        suv_d = nd_shift(suv_d, shift_vox, order=1, mode="constant", cval=0.0)
-        ct_d = nd_shift(ct, shift_vox, order=1, mode="constant", cval=-1000.0)
-        mu_d = hu_to_mu(ct_d, CT_KVP, "carney")  # the delayed scan has its own (shifted) CT
-        scan_d = simulate_scan(suv_d, mu_d, sp, anat.demographics.weight_kg, acq.delayed_min, acq, rng)
-        images["pet_delayed_ac"] = reconstruct(scan_d, 1.0, shape, sp, acq, rng, attenuation=True)
-        nac_d = reconstruct(scan_d, 1.0, shape, sp, acq, rng, attenuation=False)
-        body_d = nd_shift(body.astype(np.float32), shift_vox, order=0) > 0.5
-        images["pet_delayed_nac"], info["delayed_nac_scale"] = normalise_nac(nac_d, suv_d, body_d)
-        info["delayed"] = {**changes, "minutes_pi": acq.delayed_min,
-                           "shift_mm_xyz": [round(float(s), 2) for s in shift_mm],
+        legacy_shift_mm = rng.uniform(-1, 1, 3) * np.array(LEGACY_DELAYED_SHIFT_MM)
+        # the delayed scan draws its motion and counts from its own stream (PHYSICS.md §4.1)
+        rng_d = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 2]))
+        motion = draw_motion(rng_d)
+        suv_moved = apply_motion(suv_d, motion, sp, order=1, cval=0.0)
+        ct_d = apply_motion(ct, motion, sp, order=1, cval=-1000.0)  # the patient as the second scan sees it
+        mu_d = hu_to_mu(ct_d, CT_KVP, "carney")
+        scan_d = simulate_scan(suv_moved, mu_d, sp, anat.demographics.weight_kg, acq.delayed_min, acq, rng_d)
+        images["pet_delayed_ac"] = reconstruct(scan_d, 1.0, shape, sp, acq, rng_d, attenuation=True)
+        # NAC: the same counts, sensitivity and SUV factor as the AC image; no rescaling (§4.1)
+        images["pet_delayed_nac"] = reconstruct(scan_d, 1.0, shape, sp, acq, rng_d, attenuation=False)
+        if "mr" in cfg.images:
+            _advance_like_shift_only_simulator(rng, suv_d, ct, legacy_shift_mm, anat, acq)
+        info["delayed"] = {**changes, "minutes_pi": acq.delayed_min, "motion": motion.to_dict(),
+                           "shift_mm_xyz": [round(float(s), 2) for s in motion.shift_mm_xyz],
                            "counts": scan_d.counts_total}
     if "mr" in cfg.images:
         images["mr_t1"] = mr_t1_map(anat, rng)
     info["seconds"] = {"phantom": round(t_phantom, 2), "total": round(time.perf_counter() - t0, 2)}
     info["uptake_suv"] = {k: round(v, 3) for k, v in uptake.items()}
     return SimulatedCase(anat, images, info)
+
+
+def _advance_like_shift_only_simulator(rng, suv_d, ct, shift_mm, anat: Anatomy, acq) -> None:
+    """Consume ``rng`` exactly as the shift-only delayed scan of the first simulator did (its Poisson
+    draw depends on the expected counts), so that mr_t1, made next, is unchanged for every cohort
+    and the demo. The drawn counts are discarded."""
+    sp = anat.grid.spacing
+    shift_vox = [shift_mm[2] / sp[2], shift_mm[1] / sp[1], shift_mm[0] / sp[0]]
+    suv_old = nd_shift(suv_d, shift_vox, order=1, mode="constant", cval=0.0)
+    ct_old = nd_shift(ct, shift_vox, order=1, mode="constant", cval=-1000.0)
+    simulate_scan(suv_old, hu_to_mu(ct_old, CT_KVP, "carney"), sp, anat.demographics.weight_kg,
+                  acq.delayed_min, acq, rng)
 
 
 def _reference_image(anat: Anatomy) -> sitk.Image:
@@ -202,7 +219,8 @@ def case_json(case: SimulatedCase, seed: int, index: int, cfg: PhantomConfig) ->
         "images": sorted(case.images) + ["organs", "lesions"],
         "simulation": {"acquisition": acq.to_dict(), "ct_kvp": CT_KVP, "hu_to_mu": "carney",
                        "include_head": cfg.include_head,
-                       "nac_normalisation": "NAC scaled so its body mean equals the true body mean SUV",
+                       "nac_normalisation": "none: NAC reconstructed with the AC image's sensitivity and SUV "
+                                            "factor, no attenuation or scatter correction (PHYSICS.md 4.1)",
                        "low_count": "binomial thinning of the standard prompts",
                        **case.info},
     }

@@ -9,8 +9,10 @@ acquisition; all slices go through the sparse projector at once.
 - AC image: OSEM with AF, scatter and randoms in the system model, no PSF modelling (the image keeps
   the scanner's resolution), light Gaussian post-filter.
 - NAC image: the same data reconstructed without AF and without scatter correction (randoms only):
-  hot skin and lungs, depressed body centre. NAC counts are not quantitative; the image is scaled so
-  that its mean over the body equals the true mean SUV over the body (stated in case.json).
+  hot skin and lungs, depressed body centre. It is calibrated exactly as the AC image (the same
+  sensitivity, frame time and Bq/mL -> SUVbw factor) and never rescaled toward any other image, as a
+  scanner's NAC reconstruction in SUV units (PHYSICS.md §4.1): its values are far below the true
+  SUV inside the body (about exp(-mu L) of it before the scatter it keeps).
 - Low count: binomial thinning of the standard prompts to the count fraction (as in list-mode
   subsampling, the way low-count training data are made from clinical scans).
 """
@@ -144,7 +146,8 @@ def osem(prompts: torch.Tensor, weights: torch.Tensor, background: torch.Tensor,
 
 def reconstruct(scan: Scan, fraction: float, shape: tuple[int, int, int], spacing_xyz, cfg: AcquisitionConfig,
                 rng: np.random.Generator | None, attenuation: bool = True) -> np.ndarray:
-    """Reconstruct the scan thinned to ``fraction`` of its counts; returns SUV (AC) or raw (NAC)."""
+    """Reconstruct the scan thinned to ``fraction`` of its counts; returns SUVbw, AC or NAC (the NAC
+    with the AC image's calibration: same sensitivity, frame and SUV factor, PHYSICS.md §4.1)."""
     geom: ProjectorGeometry = scan.extra["geometry"]
     y = scan.prompts
     if fraction < 1.0:
@@ -160,10 +163,5 @@ def reconstruct(scan: Scan, fraction: float, shape: tuple[int, int, int], spacin
     vol = columns_to_volume(x, shape)
     if cfg.postfilter_fwhm_mm > 0:
         vol = gaussian_filter(vol, fwhm_to_sigma_vox(cfg.postfilter_fwhm_mm, spacing_xyz))
-    return (vol * scan.suv_per_bq_ml).astype(np.float32) if attenuation else vol.astype(np.float32)
+    return (vol * scan.suv_per_bq_ml).astype(np.float32)
 
-
-def normalise_nac(nac: np.ndarray, suv_true: np.ndarray, body: np.ndarray) -> tuple[np.ndarray, float]:
-    """Scale a NAC image so its body mean equals the true body mean SUV (NAC is not quantitative)."""
-    f = float(suv_true[body].mean() / max(nac[body].mean(), 1e-12))
-    return (nac * f).astype(np.float32), f
