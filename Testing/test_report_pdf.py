@@ -299,3 +299,23 @@ def test_report_without_lesions_has_no_lesion_panel_and_formatted_task_details(t
          "centroid_z_mm": 112}], True)))
     assert without.size[0] / without.size[1] == pytest.approx(5.2 / 3.1, rel=0.02)      # two panels
     assert with_lesions.size[0] / with_lesions.size[1] == pytest.approx(7.3 / 3.1, rel=0.02)  # three
+
+
+def test_model_output_report_takes_the_suv_rule_and_patient_facts_from_the_measured_input(shared_data, tmp_path):
+    """The denoised PET carries no DICOM facts; the low-count input it came from does (io.dicom
+    metadata): weight, height and the SUV rule reach the header through input_pet."""
+    measured = read_image(shared_data.joinpath(*STS001_PET_DICOM))
+    output = sitk.GetImageFromArray(sitk.GetArrayFromImage(measured) * 0.9)
+    output.CopyInformation(measured)
+    output.SetMetaData("PETDiffusion.units", "SUVbw")
+    mask = sitk.Cast(output > 10.0, sitk.sitkUInt8)
+    paths = make_report(tmp_path, output, mask, task="denoise-segment", model_id="m", model_version="1",
+                        synthetic=True, input_pet=measured)
+    study = json.loads(paths["report_json"].read_text())["study"]
+    assert study["weight_kg"] == 71.0 and study["height_m"] == 1.63
+    assert study["suv_type"] == "SUVbw" and study["suv_rule"].startswith("Units GML")
+    text = " ".join(pdf_text(paths["report_pdf"]).split())
+    assert "SUV type: SUVbw - Units GML" in text and "71.0 kg" in text
+    rows = json.loads(paths["report_json"].read_text())["lesions"]
+    top = max(rows, key=lambda r: r["suv_max"])
+    assert top["input_suv_max"] == pytest.approx(top["suv_max"] / 0.9, rel=1e-5)

@@ -299,3 +299,33 @@ def test_library_lesion_table_becomes_a_table_node_with_the_lesion_columns(scene
     assert t.GetColumnByName("tlg").GetValue(0) == pytest.approx(0.6 * (59 * 6.0 + 9.0) / 60, rel=1e-3)
     assert (table.GetColumnUnitLabel("volume_ml"), table.GetColumnUnitLabel("suv_peak"),
             table.GetColumnUnitLabel("tlg"), table.GetColumnUnitLabel("centroid_x_mm")) == ("mL", "SUVbw", "SUVbw*mL", "mm")
+
+
+def test_pet_not_in_suv_reaches_the_library_as_its_dicom_series_and_comes_back_in_suv(scene, models, specs,
+                                                                                       temp_root, shared_data):
+    """A PET whose node is not in SUV (as Slicer loads a Bq/mL series): the run hands the library the
+    DICOM series instead of the node's voxels, and the library converts it with its SUV rules. Here
+    the source is the real STS_001 PET series (Units GML); in Slicer it is the series' files in the
+    DICOM database (PETDiffusionSlicer.logic.dicom_pet_source)."""
+    from PETDiffusionSlicer.logic import dicom_pet_source
+    dicom = shared_data / "petct_sts" / "dicom" / "STS_001" / "PET" / "image"
+    pet = nodes.load_volume_file(shared_data / "petct_sts" / "nifti" / "STS_001" / "PET_image.nii.gz", "PET Bq/mL")
+    nodes.set_volume_units(pet, "Bq/mL")
+    # outside desktop Slicer there is no DICOM database: the default source gives None (node voxels used)
+    assert dicom_pet_source("pet", pet, temp_root) is None and list(temp_root.iterdir()) == []
+    used = []
+
+    def series_of(role, node, work_dir):
+        used.append((role, node.GetName()))
+        return dicom if role == "pet" else None
+    logic = TaskLogic("denoise-segment")
+    logic.reference_role = "pet"
+    run = logic.process({"pet": pet}, {"steps": 2, "seed": 0}, waitForCompletion=True, spec=specs["denoise-segment"],
+                        model=models["denoise-segment"], device="cpu", temp_root=str(temp_root), timeout=600,
+                        show=False, input_source=series_of)
+    assert used == [("pet", "PET Bq/mL")] and run.input_sources == {"pet": dicom}
+    assert run.manifest["inputs"]["pet"] == str(dicom)
+    out = run.output_nodes["pet_denoised"]
+    assert out.GetAttribute(nodes.UNITS_ATTRIBUTE) == "SUVbw"
+    assert slicer.util.arrayFromVolume(out).shape == slicer.util.arrayFromVolume(pet).shape
+    assert list(temp_root.iterdir()) == []

@@ -76,10 +76,15 @@ class TaskLogic:
                 waitForCompletion: bool = False, device: str | None = None, model: str | None = None,
                 on_progress: ProgressCallback | None = None, on_log: LogCallback | None = None,
                 temp_root: str | None = None, results_dir: str | None = None,
-                timeout: float | None = None, show: bool = True, spec: dict | None = None) -> TaskRun:
+                timeout: float | None = None, show: bool = True, spec: dict | None = None,
+                input_source=None) -> TaskRun:
         """Start the task on input nodes (role -> volume node). With ``waitForCompletion`` block,
         load the outputs as nodes and return; raises TaskError with the library's message on failure.
-        Otherwise return the running TaskRun: call ``run.poll()`` (a timer does it in the panel)."""
+        Otherwise return the running TaskRun: call ``run.poll()`` (a timer does it in the panel).
+
+        A PET that is not in SUV but was loaded from Slicer's DICOM database reaches the library as
+        its DICOM series (:func:`dicom_pet_source`), which the library converts to SUV with its rules
+        (factor and rule in the report's SUV type line). ``input_source`` replaces that choice."""
         spec = spec if spec is not None else self.spec()
         missing = [i["name"] for i in spec["inputs"] if i.get("required", True) and inputs.get(i["name"]) is None]
         if missing:
@@ -94,7 +99,8 @@ class TaskLogic:
             device = None
         run = TaskRun(self.task, inputs, parameters, spec=spec,
                       model=model or None, device=device, reference=self.reference_role,
-                      on_progress=on_progress, on_log=on_log, temp_root=temp_root, results_dir=results_dir)
+                      on_progress=on_progress, on_log=on_log, temp_root=temp_root, results_dir=results_dir,
+                      input_source=input_source or dicom_pet_source)
         self.lastRun = run
         run.start()
         if waitForCompletion:
@@ -224,6 +230,22 @@ def recompute_from_segments(pet_node, lesion_segmentation, out_dir: str | Path, 
         table_node.Modified()
         nodes.scene().RemoveNode(fresh)
     return {"table": table_node, "summary": summary, "files": files}
+
+
+def dicom_pet_source(role: str, node, work_dir: Path) -> Path | None:
+    """For a PET not in SUV (Bq/mL, counts, or no units) loaded from Slicer's DICOM database: its
+    DICOM files, copied into ``work_dir``, for the library to read and convert to SUV (PHYSICS.md
+    section 1: decay, dose, weight, vendor rules). None for anything else (the node's voxels are used)."""
+    if not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return None
+    units = node.GetAttribute(nodes.UNITS_ATTRIBUTE) or ""
+    if units in nodes.SUV_UNITS or (role != "pet" and nodes.volume_role(node) != "pet"):
+        return None
+    if not node.GetAttribute("DICOM.instanceUIDs") or getattr(slicer, "dicomDatabase", None) is None:
+        return None
+    folder = work_dir / f"{role}_dicom"
+    folder.mkdir(parents=True, exist_ok=True)
+    return _dicom_files_of(node, folder)
 
 
 def _dicom_files_of(volume_node, tmp: Path) -> Path | None:

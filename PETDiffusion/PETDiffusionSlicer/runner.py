@@ -229,7 +229,8 @@ class TaskRun:
                  *, spec: dict | None = None, model: str | None = None, device: str | None = None,
                  reference: str | None = None, on_progress: ProgressCallback | None = None,
                  on_log: LogCallback | None = None, temp_root: str | None = None,
-                 results_dir: str | None = None):
+                 results_dir: str | None = None,
+                 input_source: Callable[[str, object, Path], Path | None] | None = None):
         self.task = task
         self.inputs = {k: v for k, v in inputs.items() if v is not None}
         self.parameters = {k: v for k, v in (parameters or {}).items() if v is not None}
@@ -259,6 +260,10 @@ class TaskRun:
         self._error_event: str | None = None
         self._input_labels: dict[str, str] = {}   # temporary file -> what the user calls it
         self._merged = False                      # stderr merged into stdout (console launcher)
+        # (role, node, work_dir) -> a file or folder the library reads instead of the node's voxels
+        # (the DICOM series of a PET in Bq/mL: the library converts it with its SUV rules), or None
+        self.input_source = input_source
+        self.input_sources: dict[str, Path] = {}
 
     # -- command line -----------------------------------------------------------------------
     def command(self, input_files: Mapping[str, Path], out_dir: Path) -> list[str]:
@@ -290,6 +295,11 @@ class TaskRun:
                 path = self.work_dir / f"{role}.nrrd"
                 if isinstance(node, (str, os.PathLike)):
                     input_files[role] = Path(node)
+                    continue
+                source = self.input_source(role, node, self.work_dir) if self.input_source else None
+                if source is not None:
+                    input_files[role] = self.input_sources[role] = Path(source)
+                    self._input_labels[str(Path(source))] = f'"{node.GetName()}" (--{role}, its DICOM series)'
                     continue
                 if node.IsA("vtkMRMLSegmentationNode"):
                     path = self._write_label_input(role, *nodes.label_image_from_segmentation(node, reference))

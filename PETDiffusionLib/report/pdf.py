@@ -409,7 +409,7 @@ def make_report(out_dir: str | os.PathLike, suv_img: sitk.Image, lesion_img: sit
     if lesion_img is not None:
         _check_grid(suv_img, lesion_img, "the PET", _name(lesion_img, "lesion mask"))
     result = quantify(suv_img, lesion_img, organ_img, organ_names, thresholds, input_pet=input_pet)
-    facts = study_header(suv_img, dicom_source, study)
+    facts = study_header(suv_img, dicom_source, study, input_img=input_pet)
     if patient_id and patient_id != "anonymous":
         facts["patient_id"] = patient_id
     facts.setdefault("patient_id", "anonymous")

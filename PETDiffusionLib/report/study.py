@@ -183,13 +183,17 @@ def study_from_image(img: sitk.Image) -> dict:
 
 
 def study_header(suv_img: sitk.Image, dicom_source: list[Dataset] | None = None,
-                 given: dict | None = None) -> dict:
+                 given: dict | None = None, input_img: sitk.Image | None = None) -> dict:
     """All study facts known for a report: ``given`` (the caller's, e.g. from Slicer node attributes)
-    over the image's metadata over the DICOM headers. ``suv_type`` is always set: the image's SUV
-    units, with the SUV rule when one is known; "SUV (type not recorded)" for an image without units."""
+    over the image's metadata over the measured input's (``input_img``: the PET a model output was
+    made from, as io.dicom read it, with its SUV rule) over the DICOM headers. ``suv_type`` is always
+    set: the image's SUV units, with the SUV rule when one is known; "SUV (type not recorded in the
+    image)" for an image without units."""
     study: dict = {}
     if dicom_source:
         study.update(study_from_dicom(dicom_source))
+    if input_img is not None:
+        study.update(study_from_image(input_img))
     study.update(study_from_image(suv_img))
     study.update({k: v for k, v in (given or {}).items() if v is not None})
     units = study.get("units")
