@@ -4,6 +4,7 @@ from __future__ import annotations
 from PETDiffusionLib.cli.quantify import add_input_args, lesions_and_thresholds, load_inputs
 from PETDiffusionLib.io.deid import deidentify_series
 from PETDiffusionLib.report.dicom_seg import source_series
+from PETDiffusionLib.report.pdf import make_report, report_text
 
 
 def register(sub) -> None:
@@ -30,7 +31,6 @@ def register(sub) -> None:
 
 
 def _report(args) -> int:
-    from PETDiffusionLib.report.pdf import make_report, report_text
     inputs = load_inputs(args)
     lesions, thresholds, _ = lesions_and_thresholds(inputs, args.threshold)
     source = None

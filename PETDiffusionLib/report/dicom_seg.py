@@ -75,7 +75,7 @@ def _sorted_geometry(datasets: list[pydicom.Dataset]) -> tuple[list[pydicom.Data
 
 
 def _codes_for(name: str):
-    from pydicom.sr.codedict import codes
+    from pydicom.sr.codedict import codes  # lazy on purpose: ~0.5 s, only the SEG export needs it
     low = name.lower()
     if any(w in low for w in _LESION_WORDS):
         kind = codes.SCT.Lesion if "lesion" in low else codes.SCT.Neoplasm
@@ -100,6 +100,8 @@ def write_dicom_seg(label_img: sitk.Image, source_datasets: list[pydicom.Dataset
     numbers are 1..n in label order. ``algorithm`` None marks the segments MANUAL (a clinician's
     mask), else AUTOMATIC with that algorithm name and the PETDiffusion version.
     """
+    # deliberately lazy: highdicom takes ~3 s to import and only the DICOM export needs it;
+    # every `petdiffusion` command (and --help) imports this module through cli/report.py
     import highdicom as hd
     from pydicom.sr.codedict import codes
 

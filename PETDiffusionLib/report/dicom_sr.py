@@ -45,6 +45,8 @@ def write_lesion_sr(lesion_rows: list[dict], seg: pydicom.Dataset | str | os.Pat
     ``seg``: the lesion SEG (dataset or file) whose segments are labelled "Lesion <id>" as
     make_report writes them; each row is linked to the segment of its lesion id.
     """
+    # deliberately lazy: highdicom takes ~3 s to import and only the DICOM export needs it;
+    # every `petdiffusion` command (and --help) imports this module through cli/report.py
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
