@@ -18,6 +18,8 @@ import threading
 import time
 from typing import IO, Callable
 
+from tqdm import tqdm
+
 from PETDiffusionLib.errors import Cancelled
 
 
@@ -58,7 +60,6 @@ class Progress:
                     "message": message})
         if self.mode == "bar":
             if self._bar is None:
-                from tqdm import tqdm
                 self._bar = tqdm(total=1000, unit="‰", file=sys.stderr, leave=True)
             self._bar.set_description(stage)
             self._bar.n = int(fraction * 1000)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from PETDiffusionLib.io.dicom import find_series
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="list the DICOM series in a folder (modality, size, spacing, "
@@ -12,7 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args) -> int:
-    from PETDiffusionLib.io.dicom import find_series
     series = find_series(args.folder)
     rows = [("modality", "description", "slices", "size", "spacing (mm)", "SUV", "notes")]
     for s in series:

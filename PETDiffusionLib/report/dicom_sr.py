@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _concepts():
-    from highdicom.sr import CodedConcept
+    from highdicom.sr import CodedConcept  # lazy on purpose: see write_lesion_sr
     return {
         "suvbw": CodedConcept("126401", "DCM", "SUVbw"),
         "max": CodedConcept("56851009", "SCT", "Maximum"),
