@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PANELS = {"PETDenoiseSegment": "denoise-segment", "CTtoPETSynthesis": "ct-to-pet"}
+from PETDiffusionLib.tasks.registry import task_ids, task_spec
+
+# module -> task, from the registry (every registered task's panel)
+PANELS = {task_spec(t).slicer_module: t for t in task_ids() if task_spec(t).slicer_module}
 INT_MAX = 2147483647   # QSpinBox's largest value: stands for "no maximum" in the spec
 
 
@@ -97,6 +100,8 @@ def test_ranges_defaults_and_choices_match_the_spec(panel, specs):
         p, f = spec[name], fields[field]
         if p["choices"]:
             assert f["choices"] == p["choices"], name
+        elif p["type"] == "bool":
+            assert f["type"] == "bool" if "type" in f else True, name
         else:
             lo, hi = f["range"]
             assert lo == p["minimum"], name

@@ -110,7 +110,8 @@ class TaskWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         running = self._run is not None and self._run.state == "running"
-        ready = bool(self._parameterNode and getattr(self._parameterNode, self.input_field))
+        # a task without image inputs (demographics synthesis) is ready as soon as the panel is
+        ready = bool(self._parameterNode and (not self.input_field or getattr(self._parameterNode, self.input_field)))
         self.ui.applyButton.enabled = running or ready
         self.ui.applyButton.toolTip = (self.tooltip_running if running else
                                        self.tooltip_ready if ready else self.tooltip_missing)
