@@ -1,0 +1,176 @@
+"""synthesize (TotalGen): the spec and CLI (no image inputs), the intensity and demographic channels,
+the simulator population's clavicle-to-sacrum boxes and their 4x stratified sub-sampling, the
+recipe's stages on two subjects with tiny networks (a few steps, never a real model), the task end
+to end through run_task with that tiny model (geometry, units, synthetic flags, organ labels), and
+out-of-range demographics (refused with nothing written, or warned in manifest and report)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PETDiffusionLib.cli.main import build_parser
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import get_units, is_synthetic, read_image
+from PETDiffusionLib.methods.totalgen import batches, intensities
+from PETDiffusionLib.methods.totalgen.data import (HR_SHAPE, LR_SHAPE, ORGAN_GROUP_ID,
+                                                   REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
+                                                   load_cohort, out_of_range, simulate_subject)
+from PETDiffusionLib.methods.totalgen.synthesis import OUTPUT_LABELS, body_box, synthesize
+from PETDiffusionLib.tasks.registry import task_spec
+from PETDiffusionLib.tasks.runner import run_task
+from PETDiffusionLib.tasks.synthesize.pipeline import load_model
+from PETDiffusionLib.training.loop import TrainOptions
+from PETDiffusionLib.training.recipes import synthesize as recipe
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthesize.json"
+FAST = {"steps": 2, "sr_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The recipe's stages (prepare 2 + 0 subjects, 2 steps of each tiny network, export)."""
+    root = tmp_path_factory.mktemp("synth")
+    cfg = json.loads(CONFIG.read_text())
+    cfg.update(run_dir=str(root / "run"), export=str(root / "model"), train_dir=str(root / "train"),
+               heldout_dir=str(root / "heldout"), train_subjects=2, heldout_subjects=0,
+               trainer={"ckpt_every": 0, "log_every": 1})
+    cfg["global"].update(base=4, steps=2, warmup=0, batch=2)
+    cfg["sr"].update(base=4, steps=2, warmup=0, batch=2, patch=16)
+    torch.manual_seed(0)
+    assert recipe.train(cfg, TrainOptions(config_path="tiny.json")) == 0
+    return {"root": root, "cfg": cfg, "model": root / "model"}
+
+
+def test_spec_has_no_image_inputs_demographic_parameters_and_synthetic_outputs():
+    spec = task_spec("synthesize")
+    assert spec.inputs == ()
+    assert [p.name for p in spec.parameters][:6] == ["age", "sex", "height", "weight", "seed", "steps"]
+    assert spec.parameter("sex").choices == ("M", "F")
+    outs = {o.name: o for o in spec.outputs}
+    assert {o.filename for o in spec.outputs} >= {"ct.nii.gz", "pet.nii.gz", "organs.nii.gz", "organs.csv"}
+    assert all(o.synthetic for o in spec.outputs)
+    assert outs["ct"].units == "HU" and outs["pet"].units == "SUVbw"
+    assert outs["organs"].label_names == "organ_labels"
+    assert spec.slicer_module == "DemographicsSynthesis"
+
+
+def test_cli_run_takes_demographics_without_any_image_flag():
+    args = build_parser().parse_args(["run", "synthesize", "--age", "59", "--sex", "F", "--height",
+                                      "165", "--weight", "76", "--seed", "2", "--out", "x"])
+    assert (args.param_age, args.param_sex, args.param_height, args.param_weight, args.param_seed) == \
+        (59.0, "F", 165.0, 76.0, 2)
+
+
+def test_intensities_are_totalgen_scalings_and_invert():
+    hu = np.array([-1000.0, -500.0, 0.0, 500.0, 1200.0])
+    assert np.allclose(intensities.ct_to_unit(hu), [0.0, 0.0, 0.5, 1.0, 1.0])
+    assert np.allclose(intensities.unit_to_ct(intensities.ct_to_unit(hu[1:4])), hu[1:4])
+    suv = np.array([0.0, 1.0, 2.3, 25.0, 40.0])
+    u = intensities.pet_to_unit(suv)
+    assert np.isclose(u[3], 1.0) and np.isclose(u[4], 1.0)          # clipped at SUV 25
+    assert np.isclose(u[1], np.log(2) / np.log(26))
+    assert np.allclose(intensities.unit_to_pet(u[:4]), suv[:4], atol=1e-9)
+    assert intensities.demographic_vector(58, "M", 177, 83) == [0.58, 1.0, 1.77, 0.83]
+    assert intensities.demographic_vector(59, "F", 165, 76)[1] == 0.0
+    pos = intensities.position_channels((4, 6, 8), (1, 2, 3), (2, 2, 2))
+    assert pos.shape == (3, 2, 2, 2)
+    assert np.isclose(float(pos[0, 0, 0, 0]), -1 + 2 / 3) and np.isclose(float(pos[2, 0, 0, 0]), -1 + 6 / 7)
+
+
+def test_subject_box_runs_clavicle_to_sacrum_with_the_paper_organs():
+    s = simulate_subject(7, 0)
+    h = s["demographics"].height_cm
+    assert s["ct_hu"].shape == HR_SHAPE
+    body_rows = np.where((s["ct_hu"] > -500).sum((1, 2)) > 50)[0]
+    expected = (REGION_BOTTOM_FRACTION - REGION_TOP_FRACTION) * h * 10 / 4.0   # slices of 4 mm
+    assert body_rows.min() == 0 and abs(body_rows.max() + 1 - expected) <= 1.5
+    assert (s["suv"][int(np.ceil(expected)) + 1:] == 0).all()                  # zero-padded below
+    for organ in ("liver", "heart", "kidneys"):
+        assert (s["groups"] == ORGAN_GROUP_ID[organ]).sum() > 100
+
+
+def test_stratified_subsampling_gives_lr_volumes_of_the_hr_box(tiny):
+    arrays, infos = load_cohort(tiny["cfg"]["train_dir"])
+    b = batches.global_batch(arrays, infos, 3, np.random.default_rng(0))
+    assert b["x0"].shape == (3, 8, *LR_SHAPE) and b["demo"].shape == (3, 4)
+    ct_lr = (b["x0"][0, 0].numpy() + 1) / 2
+    offsets = [(z, y, x) for z in range(4) for y in range(4) for x in range(4)]
+    matches = [o for o in offsets for a in arrays
+               if np.allclose(a["ct"][o[0]::4, o[1]::4, o[2]::4], ct_lr, atol=1e-6)]
+    assert len(matches) >= 1                      # one of the 64 sub-samplings of a subject
+    sr = batches.sr_batch(arrays, infos, 2, 16, np.random.default_rng(1))
+    assert sr["high"].shape == (2, 2, 16, 16, 16) and sr["cond"].shape == (2, 7, 16, 16, 16)
+    assert float((sr["high"] - sr["up"]).abs().mean()) < 0.2   # the residual is small
+
+
+def test_recipe_stages_write_summaries_and_a_loadable_model(tiny):
+    run = Path(tiny["cfg"]["run_dir"])
+    for stage in ("prepare", "global", "sr", "export"):
+        assert (run / stage / "summary.json").is_file()
+    card = json.loads((tiny["model"] / "card.json").read_text())
+    assert card["task"] == "synthesize" and set(card["networks"]) == {"global", "sr"}
+    assert "petdiffusion train synthesize --config tiny.json" == card["training"]["command"]
+    assert json.loads((run / "global" / "summary.json").read_text())["lr_volumes"] == 2 * 64
+
+
+def test_end_to_end_out_of_range_allowed_writes_everything_marked_synthetic_and_warned(tmp_path, tiny):
+    """One run through run_task (demographics outside the range, allowed): every output on the 4 mm
+    box, units and synthetic flags, organ names in the manifest, the warning in manifest and report."""
+    params = {**FAST, "seed": 3, "age": 5.0, "allow_out_of_range": True}
+    manifest = json.loads(run_task("synthesize", {}, params, tmp_path / "out",
+                                   model_path=str(tiny["model"])).read_text())
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["ct.nii.gz", "pet.nii.gz", "organs.nii.gz", "organs.csv", "report.pdf", "report.json",
+         "summary.json", "manifest.json"])
+    ct, pet, org = (read_image(out / f) for f in ("ct.nii.gz", "pet.nii.gz", "organs.nii.gz"))
+    for img in (ct, pet, org):
+        assert img.GetSize() == HR_SHAPE[::-1] and img.GetSpacing() == (4.0, 4.0, 4.0)
+        assert is_synthetic(img)
+    assert get_units(ct) == "HU" and get_units(pet) == "SUVbw"
+    a = sitk.GetArrayFromImage(ct)
+    assert a.min() >= -500 - 1e-3 and a.max() <= 500 + 1e-3
+    assert sitk.GetArrayFromImage(pet).min() >= 0
+    assert manifest["organ_labels"] == {str(k): v for k, v in OUTPUT_LABELS.items()}
+    assert manifest["synthetic"] is True
+    assert manifest["demographics"] == {"age": 5.0, "sex": "M", "height_cm": 177.0,
+                                        "weight_kg": 83.0, "bmi": 26.49}
+    assert manifest["out_of_range"] is True and "OUT OF TRAINING RANGE: age 5 y" in manifest["warnings"][0]
+    assert "OUT OF TRAINING RANGE" in (out / "report.json").read_text()
+    header = (out / "organs.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["organ", "label", "voxels", "volume_ml"] and "suv_max" in header
+
+
+def test_same_seed_same_subject_other_seed_other_subject(tiny):
+    nets, _ = load_model(tiny["model"], "cpu")
+
+    def ct(seed):
+        return synthesize(nets, 58.0, "M", 177.0, 83.0, steps=2, sr_steps=0, seed=seed).ct_hu
+    a, b, c = ct(1), ct(1), ct(2)
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+
+
+def test_out_of_range_demographics_are_refused_naming_them_and_nothing_is_written(tmp_path, tiny):
+    with pytest.raises(InputError) as err:
+        run_task("synthesize", {}, {**FAST, "age": 5.0, "weight": 300.0}, tmp_path / "bad",
+                 model_path=str(tiny["model"]))
+    msg = str(err.value)
+    assert "age 5 y is outside the training range 20-85 y" in msg and "BMI 95.8" in msg
+    assert "--allow-out-of-range" in msg
+    assert not (tmp_path / "bad").exists()
+    assert out_of_range(58, "M", 177, 83) == []
+    assert len(out_of_range(40, "F", 190, 70)) == 1     # 190 cm is above the women's range
+
+
+def test_body_box_is_aligned_and_covers_the_body():
+    ct = torch.zeros(HR_SHAPE)
+    ct[10:50, 30:70, 40:90] = 1.0
+    box = body_box(ct, margin=8, multiple=4)
+    assert [(s.start, s.stop) for s in box] == [(2, 58), (22, 78), (32, 100)]
+    assert all((s.stop - s.start) % 4 == 0 for s in box)
