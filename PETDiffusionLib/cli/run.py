@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         tp = tasks.add_parser(tid, help=spec.title, description=f"{spec.title}. {spec.description} "
                               f"({spec.paper}). Research use only, not for diagnosis.")
         for inp in spec.inputs:
-            tp.add_argument(f"--{inp.name}", required=inp.required, metavar="FILE|DICOM_DIR",
+            dashed = [f"--{inp.name.replace('_', '-')}"] if "_" in inp.name else []  # --first-pet too
+            tp.add_argument(f"--{inp.name}", *dashed, dest=inp.name, required=inp.required, metavar="FILE|DICOM_DIR",
                             help=f"{inp.help} [{inp.units or 'any units'}]")
         for prm in spec.parameters:
             flag = f"--{prm.name.replace('_', '-')}"

@@ -39,6 +39,7 @@ TASKS: tuple[TaskEntry, ...] = (
     TaskEntry("ct-to-pet", "ct_to_pet"),
     TaskEntry("restore", "restore"),
     TaskEntry("synthesize", "synthesize"),
+    TaskEntry("dual-timepoint-ac", "dual_timepoint_ac"),
 )
 
 PARTS: tuple[str, ...] = ("spec", "pipeline", "evaluate", "demo", "bench")

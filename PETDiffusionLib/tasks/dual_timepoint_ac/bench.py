@@ -1,0 +1,60 @@
+"""`petdiffusion bench dual-timepoint-ac`: a 256x256x250 delayed NAC with a 512x512x250 first CT
+(issue 16 "Speed": at most 3 minutes on the 2-core CPU) through run_task, end to end."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from PETDiffusionLib.device import choose_device
+from PETDiffusionLib.io.images import read_image, write_image
+from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
+from PETDiffusionLib.tasks.dual_timepoint_ac.spec import SPEC
+from PETDiffusionLib.tasks.runner import load_task_model, run_task
+
+NAC_SIZE, CT_SIZE, N_SLICES = 256, 512, 250
+FOV_MM, AXIAL_MM = 512.0, 800.0  # the simulator's field of view (phantom/case.py)
+TITLE = (f"dual-timepoint-ac: a {NAC_SIZE}x{NAC_SIZE}x{N_SLICES} delayed NAC with a "
+         f"{CT_SIZE}x{CT_SIZE}x{N_SLICES} first CT -> delayed AC PET, shipped STMDiff, default steps")
+BENCH_SEED = 424245
+
+
+def upsampled(img: sitk.Image, size: int, slices: int, default: float) -> sitk.Image:
+    ref = sitk.Image(size, size, slices, sitk.sitkFloat32)
+    ref.SetSpacing((FOV_MM / size, FOV_MM / size, AXIAL_MM / slices))
+    ref.SetOrigin(img.GetOrigin())
+    return sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+
+
+def bench(args) -> dict:
+    device_arg = getattr(args, "device", None) or "auto"
+    device = choose_device(device_arg)
+    repeat = max(1, int(getattr(args, "repeat", 1) or 1))
+    with tempfile.TemporaryDirectory(prefix="bench-dtp-ac-") as tmp:
+        (case,) = generate_cohort(Path(tmp) / "phantom", 1, BENCH_SEED,
+                                  PhantomConfig(size=64, slices=80, images=("delayed",)))
+        nac = upsampled(read_image(case / "pet_delayed_nac.nii.gz"), NAC_SIZE, N_SLICES, 0.0)
+        ct = upsampled(read_image(case / "ct.nii.gz"), CT_SIZE, N_SLICES, -1000.0)
+        nac_path = write_image(nac, Path(tmp) / "nac.nii.gz", units="SUVbw")
+        ct_path = write_image(ct, Path(tmp) / "ct.nii.gz", units="HU")
+        t0 = time.monotonic()
+        model = load_task_model(SPEC.id, None, device_arg)
+        load_s = time.monotonic() - t0
+        times = []
+        for r in range(repeat):
+            t0 = time.monotonic()
+            run_task(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
+                     device=device_arg, model=model)
+            times.append(time.monotonic() - t0)
+    return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
+            "nac": f"{NAC_SIZE}x{NAC_SIZE}x{N_SLICES} at {FOV_MM / NAC_SIZE}x{FOV_MM / NAC_SIZE}x"
+                   f"{AXIAL_MM / N_SLICES} mm", "ct": f"{CT_SIZE}x{CT_SIZE}x{N_SLICES} at "
+                   f"{FOV_MM / CT_SIZE}x{FOV_MM / CT_SIZE}x{AXIAL_MM / N_SLICES} mm",
+            "steps": int(model[1]["diffusion"].get("default_steps", 0)),
+            "seconds_per_volume": round(min(times), 2),
+            "seconds_how": "run_task end to end (read NAC and CT, checks, working grids, matching, "
+                           "encode, DDIM, decode, resample, write); fastest of --repeat runs; model load excluded",
+            "model_load_seconds": round(load_s, 2), "limit_seconds": 180}

@@ -1,0 +1,244 @@
+"""Task dual-timepoint-ac: delayed NAC PET (SUV units) + first-scan CT (HU) -> delayed AC PET (SUVbw)
+with STMDiff (seeds/STMDiff_dual_time_point_AC.txt).
+
+Pipeline, over axial slices of the model's working grid:
+  1. the NAC is reoriented to LPS and resampled to the card's working spacing; the CT is resampled
+     onto the same in-plane grid over its own axial range (the patient moved: no registration);
+  2. every NAC slice is matched to the k first-scan CT slices of highest latent similarity
+     s(G1(NAC), G2(CT)) = -L1 (STMDiff §2.1, inference);
+  3. condition c = concat(G2 features of those k CT slices, autoencoder latent of the NAC) (Eq. 6);
+     DDIM (eta 0) from noise in the latent space, decoded and inverted to SUV; N samples give the
+     mean and the per-voxel SD;
+  4. the result is resampled back onto the input NAC's grid.
+
+Research model, not for diagnosis; every PET it writes is marked synthetic.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy.ndimage import binary_erosion, center_of_mass, label
+
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.checks import check_ct_hu, check_suv_image
+from PETDiffusionLib.io.images import array_and_image, resample_to, to_working_grid
+from PETDiffusionLib.methods.cpdm.transforms import pad_to_multiple
+from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct
+from PETDiffusionLib.methods.stmdiff.intensities import body_contours, ct_to_net, nac_to_net, net_to_pet
+from PETDiffusionLib.models.registry import load_model_folder
+from PETDiffusionLib.tasks.base import RunContext
+from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID
+
+log = logging.getLogger(__name__)
+
+CT_AIR = -1000.0
+PAD_MULTIPLE = 8  # the encoders and the autoencoder halve three and two times
+WORKING_SPACING_MM = (8.0, 8.0, 10.0)  # the shipped card's grid; checks before a model is loaded use it
+MIN_AXIAL_COVERAGE = 0.9
+"""Fraction of the NAC's axial range the CT must cover: the matching needs a CT slice for every NAC
+slice; the simulated motion moves the patient by at most 25 mm (PHYSICS.md §4.1), well inside 10 %
+of a whole-body range."""
+AC_PROFILE_RATIO = 1.65
+"""An attenuation-corrected image given as NAC, by its profile: the mean of the body core (>= 24 mm
+inside the outline) over the mean of the outer 8 mm rim, per slice, median over the slices. A NAC
+has a depressed centre and bright skin (PHYSICS.md §4); on the held-out phantoms (delayed scans)
+NAC 0.83-1.53 (hot organs fill the core), AC 1.72-1.98."""
+NAC_BODY_MEAN_MAX_SUV = 0.45
+"""... and by its level: a NAC in SUV units reads far below the true SUV in the body (PHYSICS.md
+§4.1; held-out phantoms: NAC body mean 0.11-0.19 SUV, AC 0.76-1.13), so a body mean above 0.45
+SUV is an AC image or a NAC rescaled toward one, which the task's contract excludes."""
+
+
+# ------------------------------------------------------------------------------------------------
+# grids
+
+def working_nac(nac: sitk.Image, spacing) -> sitk.Image:
+    return to_working_grid(nac, spacing, default_value=0.0)
+
+
+def ct_on_nac_plane(ct: sitk.Image, nac_work: sitk.Image) -> sitk.Image:
+    """The CT on the NAC working grid in-plane (x, y) over the CT's own axial range (LPS)."""
+    ct_lps = sitk.DICOMOrient(ct, "LPS")
+    sp = nac_work.GetSpacing()
+    z0, z1 = axial_range(ct_lps)
+    n_z = max(1, int(np.floor((z1 - z0) / sp[2])) + 1)
+    ref = sitk.Image(nac_work.GetSize()[0], nac_work.GetSize()[1], n_z, sitk.sitkFloat32)
+    ref.SetSpacing(sp)
+    ref.SetOrigin((nac_work.GetOrigin()[0], nac_work.GetOrigin()[1], z0))
+    return sitk.Resample(ct_lps, ref, sitk.Transform(), sitk.sitkLinear, CT_AIR, sitk.sitkFloat32)
+
+
+def axial_range(img: sitk.Image) -> tuple[float, float]:
+    """(lowest, highest) physical z in mm of the image's voxel centres."""
+    size = img.GetSize()
+    zs = [img.TransformIndexToPhysicalPoint((i, j, k))[2] for i in (0, size[0] - 1)
+          for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    return min(zs), max(zs)
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks
+
+def nac_profile(nac_arr: np.ndarray) -> dict:
+    """{"core_rim_ratio", "body_mean"} of a PET on the working grid (8 mm pixels)."""
+    body = body_contours(nac_arr, "pet")
+    ratios, vals = [], []
+    for k in range(len(body)):
+        b = body[k]
+        if b.sum() < 60:
+            continue
+        inner = binary_erosion(b, iterations=1)
+        core = binary_erosion(b, iterations=3)
+        rim = b & ~inner
+        if core.sum() < 5 or rim.sum() < 5:
+            continue
+        ratios.append(float(nac_arr[k][core].mean() / max(nac_arr[k][rim].mean(), 1e-6)))
+        vals.append(nac_arr[k][b])
+    if not ratios:
+        return {"core_rim_ratio": float("nan"), "body_mean": float("nan")}
+    return {"core_rim_ratio": float(np.median(ratios)), "body_mean": float(np.concatenate(vals).mean())}
+
+
+def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> None:
+    paths = ctx.input_paths
+    nac_name, ct_name = paths.get("nac", "--nac"), paths.get("ct", "--ct")
+    check_suv_image(images["nac"], nac_name)
+    check_ct_hu(images["ct"], ct_name)
+    if "first_pet" in images:
+        check_suv_image(images["first_pet"], paths.get("first_pet", "--first-pet"))
+    nac_w = working_nac(images["nac"], WORKING_SPACING_MM)
+    arr = sitk.GetArrayFromImage(nac_w)
+    prof = nac_profile(arr)
+    if prof["core_rim_ratio"] > AC_PROFILE_RATIO or prof["body_mean"] > NAC_BODY_MEAN_MAX_SUV:
+        raise InputError(
+            f"this looks like an attenuation-corrected PET, not a NAC: body core/rim ratio "
+            f"{prof['core_rim_ratio']:.2f} (a NAC has a depressed centre and bright skin, ratio <= "
+            f"{AC_PROFILE_RATIO}) or body mean {prof['body_mean']:.2f} SUV (a NAC in SUV units reads "
+            f"far below the true SUV, <= {NAC_BODY_MEAN_MAX_SUV}); give the scanner's NAC "
+            "reconstruction of the delayed scan, in SUV, not rescaled", nac_name)
+    n0, n1 = axial_range(sitk.DICOMOrient(images["nac"], "LPS"))
+    c0, c1 = axial_range(sitk.DICOMOrient(images["ct"], "LPS"))
+    covered = max(0.0, min(n1, c1) - max(n0, c0)) / max(n1 - n0, 1e-6)
+    if covered < MIN_AXIAL_COVERAGE:
+        raise InputError(
+            f"the CT covers z = {c0:.0f}..{c1:.0f} mm but the NAC PET spans {n0:.0f}..{n1:.0f} mm "
+            f"({covered:.0%} covered; at least {MIN_AXIAL_COVERAGE:.0%} needed): give the first "
+            "scan's CT of the same axial range", ct_name)
+    ctx.manifest_extra["input_checks"] = {**{k: round(v, 3) for k, v in prof.items()},
+                                          "ct_axial_coverage": round(covered, 3)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the model
+
+def load_model(model_path: str | Path | None = None, device: torch.device | str = "cpu"
+               ) -> tuple[dict, dict]:
+    return load_model_folder(model_path or MODEL_ID, device)
+
+
+@torch.no_grad()
+def correct_volume(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, *, k: int, steps: int,
+                   samples: int = 1, seed: int = 0, device="cpu", progress=None) -> dict:
+    """{"pet", "std" (sitk images on the NAC's grid, SUVbw), "topk", "shift_mm"} for one study."""
+    pre = card["preprocessing"]
+    spacing = tuple(pre["working_spacing_mm"])
+    nac_w = working_nac(nac, spacing)
+    ct_w = ct_on_nac_plane(ct, nac_w)
+    nac_arr, box = pad_to_multiple(sitk.GetArrayFromImage(nac_w).astype(np.float32), PAD_MULTIPLE, 0.0)
+    ct_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_w).astype(np.float32), PAD_MULTIPLE, CT_AIR)
+    res = attenuation_correct(networks, card, nac_to_net(nac_arr), ct_to_net(ct_arr), k=k, steps=steps,
+                              samples=samples, seed=seed, device=device, progress=progress)
+    suv = np.maximum(net_to_pet(res["samples"]), 0.0)
+    y0, x0, h, w = box
+
+    def back(a: np.ndarray) -> sitk.Image:
+        img = array_and_image(np.ascontiguousarray(a[:, y0:y0 + h, x0:x0 + w], np.float32), nac_w)
+        return resample_to(img, nac, default_value=0.0)
+
+    shift = None
+    if res["topk"] is not None:  # matched CT slice z - NAC slice z: the estimated couch shift
+        z_nac = nac_w.GetOrigin()[2] + np.arange(len(nac_arr)) * spacing[2]
+        z_ct = ct_w.GetOrigin()[2] + res["topk"][:, 0] * spacing[2]
+        body = body_contours(nac_arr, "pet").reshape(len(nac_arr), -1).sum(1) > 60
+        shift = float(np.median((z_nac - z_ct)[body])) if body.any() else None
+    return {"pet": back(suv.mean(0)), "std": back(suv.std(0)), "topk": res["topk"], "shift_mm": shift}
+
+
+def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict], ctx: RunContext
+            ) -> dict[str, sitk.Image]:
+    networks, card = model
+    k, steps, samples, seed = (int(params[n]) for n in ("k", "steps", "samples", "seed"))
+    model_k = int(card["preprocessing"]["k"])
+    if k != model_k:
+        raise InputError(f"the model {card['id']} was trained with k = {model_k} matched CT slices; "
+                         f"k = {k} needs a model trained for it (--model)", "--k")
+    torch.manual_seed(seed)
+    res = correct_volume(images["nac"], images["ct"], networks, card, k=k, steps=steps, samples=samples,
+                         seed=seed, device=ctx.device, progress=ctx.progress.sub(0.05, 0.85, "STMDiff"))
+    out = {"pet_ac": res["pet"]}
+    if samples > 1:
+        out["uncertainty"] = res["std"]
+    ctx.manifest_extra.update({
+        "model_id": card["id"], "model_version": card.get("version"), "synthetic": True,
+        "synthetic_outputs": ["pet_ac", "uncertainty"], "k": k,
+        "estimated_axial_shift_mm": None if res["shift_mm"] is None else round(res["shift_mm"], 1),
+        "working_spacing_mm": card["preprocessing"]["working_spacing_mm"],
+        "intended_use": card.get("intended_use", "research model, not for diagnosis")})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# retention index
+
+def retention_rows(first_pet: sitk.Image, delayed_pet: sitk.Image, threshold: float,
+                   radius_mm: float = MATCH_RADIUS_MM, min_ml: float = 0.5) -> list[dict]:
+    """Hot regions (SUV >= threshold, >= min_ml) of the first AC PET; each region's SUVmax early and
+    the delayed SUVmax within ``radius_mm`` of its centroid; retention index = (delayed - early) /
+    early x 100 % (dual-time-point RI, PHYSICS.md §5)."""
+    a = sitk.GetArrayFromImage(first_pet).astype(np.float32)
+    lab, n = label(a >= threshold)
+    sp = first_pet.GetSpacing()
+    voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0
+    d = sitk.GetArrayFromImage(delayed_pet).astype(np.float32)
+    dz, dy, dx = np.meshgrid(*[np.arange(s) for s in d.shape], indexing="ij")
+    rows = []
+    for i in range(1, n + 1):
+        m = lab == i
+        vol = float(m.sum() * voxel_ml)
+        if vol < min_ml:
+            continue
+        cz, cy, cx = center_of_mass(m)
+        p = first_pet.TransformContinuousIndexToPhysicalPoint((float(cx), float(cy), float(cz)))
+        q = delayed_pet.TransformPhysicalPointToContinuousIndex(p)
+        dsp = delayed_pet.GetSpacing()
+        near = (((dx - q[0]) * dsp[0]) ** 2 + ((dy - q[1]) * dsp[1]) ** 2
+                + ((dz - q[2]) * dsp[2]) ** 2) <= radius_mm ** 2
+        early = float(a[m].max())
+        late = float(d[near].max()) if near.any() else float("nan")
+        rows.append({"region": len(rows) + 1, "x_mm": round(p[0], 1), "y_mm": round(p[1], 1),
+                     "z_mm": round(p[2], 1), "volume_ml": round(vol, 2), "suvmax_early": round(early, 3),
+                     "suvmax_delayed": round(late, 3),
+                     "retention_index_percent": round((late - early) / early * 100.0, 1)})
+    return rows
+
+
+def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params: dict,
+           model: tuple[dict, dict], ctx: RunContext) -> dict[str, Path]:
+    """With the first AC PET: retention_index.csv (one row per hot region); else nothing."""
+    if "first_pet" not in images:
+        return {}
+    rows = retention_rows(images["first_pet"], outputs["pet_ac"], float(params["lesion_threshold"]))
+    path = ctx.out_dir / "retention_index.csv"
+    cols = ["region", "x_mm", "y_mm", "z_mm", "volume_ml", "suvmax_early", "suvmax_delayed",
+            "retention_index_percent"]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    ctx.manifest_extra["retention_regions"] = len(rows)
+    return {"retention_csv": path}

@@ -1,0 +1,43 @@
+"""Training recipe for the dual-timepoint-ac task (STMDiff, Li et al.; seeds/STMDiff_dual_time_point_AC).
+
+    petdiffusion train dual-timepoint-ac --config configs/dual_timepoint_ac.json [--resume] [--stage S]
+
+Stages (``training.loop.run_stages``; one folder each in ``run_dir``, done when its summary.json
+exists): prepare (data.py), matching, autoencoder, latents, diffusion:k<K> for every K of
+``diffusion.k_values`` (K = 0: no CT prior), unet (the NAC -> AC baseline), export (card.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from PETDiffusionLib.training.loop import Stage, TrainOptions, run_stages
+from PETDiffusionLib.training.recipes.dual_timepoint_ac import card, data, stages
+
+
+def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
+    run_dir = Path(options.run_dir or cfg["run_dir"])
+    command = options.command("dual-timepoint-ac")
+
+    def diffusion(k: int) -> Stage:
+        return Stage(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
+
+    return [Stage("prepare", lambda d: data.prepare(cfg, d)),
+            Stage("matching", lambda d: stages.train_matching(cfg, options, run_dir, d)),
+            Stage("autoencoder", lambda d: stages.train_autoencoder(cfg, options, run_dir, d)),
+            Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d)),
+            *[diffusion(int(k)) for k in cfg["diffusion"]["k_values"]],
+            Stage("unet", lambda d: stages.train_unet(cfg, options, run_dir, d)),
+            Stage("export", lambda d: card.export(cfg, run_dir, command))]
+
+
+def train(config: dict, options: TrainOptions | None = None) -> int:
+    """Entry point of ``petdiffusion train dual-timepoint-ac``: runs the stages not yet done."""
+    options = options or TrainOptions()
+    cfg = dict(config)
+    run_dir = Path(options.run_dir or cfg["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    run_stages(run_dir, build_stages(cfg, options), only=options.stages)
+    return 0

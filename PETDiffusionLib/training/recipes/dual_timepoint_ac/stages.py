@@ -1,0 +1,230 @@
+"""The recipe's network stages, each trained by ``training.loop.Trainer`` in its own folder:
+
+    matching     G1 (PET) and G2 (CT) on aligned first-scan NAC/CT slice pairs: the symmetric
+                 InfoNCE of Eq. 1 (s = -L1, tau = 0.5) + the contour Dice of Eq. 2; the PET slice is
+                 moved in-plane at random (rotation, shift) so the latents tolerate patient motion
+    autoencoder  one autoencoder for NAC and AC slices (L1), the latent space of the diffusion
+    latents      (no training) latents of every slice (scaled to unit std), G2 features of every CT
+                 slice and the top-k matched CT slices of every NAC slice (first and delayed scan)
+    diffusion:kK eps_theta on the latent grid, condition = cat(G2 features of the top-K CT slices,
+                 NAC latent) (Eq. 6), linear schedule T = 1000, L2 (Eq. 5); K = 0 is the ablation
+                 without CT prior (STMDiff Fig. 5), K = 1..3 the k ablation
+    unet         the NAC -> AC U-Net baseline (Table 1) in image space, the same steps and batch
+
+Batches come from batch functions ``batch_fn(step, rng)`` (the Trainer's per-step generator).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.methods.stmdiff.inference import build_condition, ct_features, slice_similarity, top_k
+from PETDiffusionLib.methods.stmdiff.losses import TAU, contour_dice, matching_infonce
+from PETDiffusionLib.methods.stmdiff.networks import (autoencoder_spec, denoiser_spec, encoder_spec,
+                                                      unet_spec)
+from PETDiffusionLib.models.card import build_network
+from PETDiffusionLib.training.loop import StepInfo, TrainConfig, Trainer, TrainOptions
+from PETDiffusionLib.training.recipes.dual_timepoint_ac.data import body_slices, load_cases
+
+log = logging.getLogger(__name__)
+
+K_MAX = 3
+
+
+def network_specs(cfg: dict) -> dict[str, dict]:
+    m, ae, df = cfg["matching"], cfg["autoencoder"], cfg["diffusion"]
+    enc = encoder_spec(m["width"], m["dim"], m["feature_channels"])
+    out = {"g1": enc, "g2": enc, "autoencoder": autoencoder_spec(ae["channels"], ae["latent_channels"]),
+           "unet": unet_spec(cfg["unet"]["features"])}
+    for k in cfg["diffusion"]["k_values"]:
+        out[f"diffusion:k{k}"] = denoiser_spec(ae["latent_channels"], m["feature_channels"], k, df["channels"])
+    return out
+
+
+def fit_stage(cfg: dict, options: TrainOptions, folder: Path, nets: dict[str, nn.Module], block: dict,
+              loss_fn, batch_fn, ema_decay: float) -> tuple[Trainer, dict]:
+    settings = {"lr": float(block["lr"]), "max_steps": int(block["steps"]), "warmup": 0,
+                "min_lr_ratio": 1.0, "ema_decay": float(ema_decay), "seed": int(cfg["seed"]),
+                "num_threads": int(cfg.get("threads", 1)), "log_every": 25,
+                "device": options.device or cfg.get("device", "auto"), **cfg.get("trainer", {})}
+    trainer = Trainer(TrainConfig.from_dict(settings), nets, loss_fn, batch_fn, run_dir=folder)
+    has_checkpoint = (trainer.checkpoint_dir / "state.pt").is_file()
+    t0 = time.monotonic()
+    trainer.fit(resume=bool(options.resume and has_checkpoint))
+    if trainer.step < trainer.config.max_steps:
+        raise InputError(f"stage {folder.name} stopped at step {trainer.step} of {trainer.config.max_steps} "
+                         "(trainer.max_minutes); run the same command with --resume to continue", folder)
+    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()
+            if x.strip() and "loss" in json.loads(x)]
+    return trainer, {"steps": trainer.step, "seconds": round(time.monotonic() - t0, 1),
+                     "first_loss": recs[0]["loss"] if recs else None,
+                     "final_loss": recs[-1]["loss"] if recs else None,
+                     "parameters": int(sum(p.numel() for n in nets.values() for p in n.parameters()))}
+
+
+def load_stage_nets(run_dir: Path, stage: str, specs: dict[str, dict]) -> dict[str, nn.Module]:
+    path = Path(run_dir) / stage.replace(":", "_") / "checkpoint" / "ema.safetensors"
+    if not path.is_file():
+        raise InputError(f"stage {stage} has not been trained (no {path.name})", path.parent)
+    weights = load_file(str(path))
+    out = {}
+    for name, spec in specs.items():
+        net = build_network(spec)
+        net.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
+        out[name] = net.eval()
+    return out
+
+
+def _move_inplane(x: torch.Tensor, rng: np.random.Generator, max_deg: float, max_px: float) -> torch.Tensor:
+    """Random in-plane rigid motion of a batch of slices [B, 1, H, W] (bilinear)."""
+    b, _, h, w = x.shape
+    ang = np.deg2rad(rng.uniform(-max_deg, max_deg, b))
+    sh = rng.uniform(-max_px, max_px, (b, 2)) * 2.0 / np.array([w, h])
+    theta = np.zeros((b, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)
+    theta[:, :, 2] = sh
+    grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+    fill = x.amin((1, 2, 3), keepdim=True)
+    return F.grid_sample(x - fill, grid, align_corners=False, padding_mode="zeros") + fill
+
+
+# ------------------------------------------------------------------------------------------------
+def train_matching(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
+    m = cfg["matching"]
+    cases = load_cases(run_dir / "prepare")
+    spec = network_specs(cfg)
+    nets = {"g1": build_network(spec["g1"]), "g2": build_network(spec["g2"])}
+    per_case, n_cases = int(m["slices_per_case"]), int(m["cases_per_batch"])
+
+    def batch_fn(step: int, rng: np.random.Generator):
+        pet, ct, bp, bc = [], [], [], []
+        for ci in rng.choice(len(cases), n_cases, replace=False):
+            c = cases[ci]
+            idx = rng.choice(body_slices(c), per_case, replace=False)
+            pet.append(c["nac"][idx]); ct.append(c["ct"][idx])
+            bp.append(c["body_nac"][idx]); bc.append(c["body_ct"][idx])
+        pet = _move_inplane(torch.from_numpy(np.concatenate(pet))[:, None], rng, m["aug_deg"], m["aug_px"])
+        return {"pet": pet, "ct": torch.from_numpy(np.concatenate(ct))[:, None],
+                "body_pet": torch.from_numpy(np.concatenate(bp))[:, None],
+                "body_ct": torch.from_numpy(np.concatenate(bc))[:, None]}
+
+    def loss_fn(batch, networks):
+        g1, g2 = networks["g1"], networks["g2"]
+        zx, zy = g1(batch["pet"]), g2(batch["ct"])
+        nce = matching_infonce(zx, zy, float(m.get("tau", TAU)))
+        dice = contour_dice(g1.contour_logits(zx), g2.contour_logits(zy), batch["body_pet"], batch["body_ct"])
+        return nce + dice, {"infonce": float(nce.detach()), "dice": float(dice.detach())}
+
+    trainer, summary = fit_stage(cfg, options, folder, nets, m, loss_fn, batch_fn, 0.0)
+    return summary
+
+
+def train_autoencoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
+    a = cfg["autoencoder"]
+    cases = load_cases(run_dir / "prepare")
+    nets = {"autoencoder": build_network(network_specs(cfg)["autoencoder"])}
+
+    def batch_fn(step: int, rng: np.random.Generator):
+        out = []
+        for _ in range(int(a["batch"])):
+            c = cases[rng.integers(len(cases))]
+            key = ("ac", "nac", "dac", "dnac")[rng.integers(4)]
+            out.append(c[key][rng.choice(body_slices(c))])
+        return torch.from_numpy(np.stack(out))[:, None]
+
+    def loss_fn(x, networks):
+        loss = F.l1_loss(networks["autoencoder"](x), x)
+        return loss, {}
+
+    trainer, summary = fit_stage(cfg, options, folder, nets, a, loss_fn, batch_fn, 0.0)
+    return summary
+
+
+@torch.no_grad()
+def encode_latents(cfg: dict, run_dir: Path, folder: Path) -> dict:
+    spec = network_specs(cfg)
+    ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": spec["autoencoder"]})["autoencoder"]
+    match = load_stage_nets(run_dir, "matching", {"g1": spec["g1"], "g2": spec["g2"]})
+    cases = load_cases(run_dir / "prepare")
+    enc = lambda a: torch.cat([ae.encode(torch.from_numpy(a[i:i + 64])[:, None]) for i in range(0, len(a), 64)])
+    lat = {c["name"]: {k: enc(c[k]) for k in ("ac", "nac", "dac", "dnac")} for c in cases}
+    scale = float(1.0 / torch.cat([v["ac"] for v in lat.values()]).std())
+    hits = {1: [], 2: [], 3: []}
+    for c in cases:
+        feats = ct_features(match["g2"], c["ct"])
+        topk_first = top_k(slice_similarity(match["g1"], match["g2"], c["nac"], c["ct"]), K_MAX)
+        topk_del = top_k(slice_similarity(match["g1"], match["g2"], c["dnac"], c["ct"]), K_MAX)
+        body = body_slices(c, "body_dnac")
+        for k in hits:
+            hits[k].append(float(np.mean([c["truth"][i] in topk_del[i, :k] for i in body])))
+        np.savez(folder / f"{c['name']}.npz", feats=feats.numpy(), topk_first=topk_first, topk_delayed=topk_del,
+                 body=body_slices(c, "body_ct"), body_d=body,
+                 **{k: (v * scale).numpy() for k, v in lat[c["name"]].items()})
+    return {"latent_scale": scale, "training_retrieval_top_k": {k: round(float(np.mean(v)), 3)
+                                                                for k, v in hits.items()}}
+
+
+def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
+    d = cfg["diffusion"]
+    files = sorted((run_dir / "latents").glob("case_*.npz"))
+    cases = [{key: torch.from_numpy(v) if key in ("feats", "ac", "nac", "dac", "dnac") else v
+              for key, v in np.load(f).items()} for f in files]
+    net = build_network(network_specs(cfg)[f"diffusion:k{k}"])
+    diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], "epsilon")
+
+    def batch_fn(step: int, rng: np.random.Generator):
+        x0, cond = [], []
+        per = int(d["batch"]) // int(d["cases_per_batch"])
+        for ci in rng.choice(len(cases), int(d["cases_per_batch"]), replace=False):
+            c = cases[ci]
+            delayed = rng.random() < float(d.get("delayed_fraction", 0.5))
+            idx = rng.choice(c["body_d"] if delayed else c["body"], per)
+            tgt, src, tk = (("dac", "dnac", c["topk_delayed"]) if delayed else ("ac", "nac", c["topk_first"]))
+            x0.append(c[tgt][idx])
+            cond.append(build_condition(c[src][idx], c["feats"], tk[idx], k))
+        return torch.cat(x0), torch.cat(cond)
+
+    def loss_fn(batch, networks, info: StepInfo):
+        x0, cond = batch
+        t = torch.randint(0, diff.num_train_timesteps, (len(x0),), generator=info.generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=info.generator).to(x0.device)
+        return diff.training_loss(networks["denoiser"], x0, cond, loss="l2", t=t, noise=noise), {}
+
+    trainer, summary = fit_stage(cfg, options, folder, {"denoiser": net}, d, loss_fn, batch_fn,
+                                 float(d.get("ema_decay", 0.999)))
+    return summary | {"k": k}
+
+
+def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
+    u, d = cfg["unet"], cfg["diffusion"]
+    cases = load_cases(run_dir / "prepare")
+    net = build_network(network_specs(cfg)["unet"])
+    block = {"steps": d["steps"], "lr": u["lr"]}  # equal budget: the diffusion's steps and batch
+
+    def batch_fn(step: int, rng: np.random.Generator):
+        x, y = [], []
+        for _ in range(int(d["batch"])):
+            c = cases[rng.integers(len(cases))]
+            delayed = rng.random() < float(d.get("delayed_fraction", 0.5))
+            i = rng.choice(body_slices(c, "body_dnac" if delayed else "body_ct"))
+            x.append(c["dnac" if delayed else "nac"][i]); y.append(c["dac" if delayed else "ac"][i])
+        return torch.from_numpy(np.stack(x))[:, None], torch.from_numpy(np.stack(y))[:, None]
+
+    def loss_fn(batch, networks):
+        x, y = batch
+        return F.l1_loss(networks["unet"](x), y), {}
+
+    trainer, summary = fit_stage(cfg, options, folder, {"unet": net}, block, loss_fn, batch_fn,
+                                 float(d.get("ema_decay", 0.999)))
+    return summary

@@ -1,0 +1,174 @@
+"""dual-timepoint-ac (STMDiff): the matching loss of Eq. 1, the k-best retrieval and the condition
+of Eq. 6, the retention index, end to end through run_task with a tiny random model on a small
+simulated dual-time-point case (geometry, units, synthetic flags), and the bad inputs of issue 16
+(an AC image given as NAC, a CT not covering the PET's axial range, a NAC in Bq/mL) refused with
+nothing written. No model is trained here: the model folder holds randomly initialised networks."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, write_image
+from PETDiffusionLib.methods.stmdiff.inference import build_condition, top_k
+from PETDiffusionLib.methods.stmdiff.intensities import body_contours
+from PETDiffusionLib.methods.stmdiff.losses import contour_dice, matching_infonce
+from PETDiffusionLib.models.card import build_network
+from PETDiffusionLib.models.registry import save_model_folder
+from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
+from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import nac_profile, retention_rows
+from PETDiffusionLib.tasks.runner import run_task
+from PETDiffusionLib.training.recipes.dual_timepoint_ac import card as recipe_card
+from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import network_specs
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dual_timepoint_ac.json"
+
+
+# ------------------------------------------------------------------------------------------------
+# method pieces
+
+def test_infonce_of_eq1_with_l1_similarity_has_its_closed_form_value_for_one_hot_latents():
+    """Distinct one-hot latents, zx = zy: s(i, i) = 0, s(i, j) = -2 (L1 distance 2), tau = 0.5, so each
+    row gives -log(1 / ((M-1) e^-4 + e^0)) and the symmetric loss twice that."""
+    m = 4
+    z = torch.eye(m)
+    expected = 2 * math.log((m - 1) * math.exp(-4.0) + 1.0)
+    assert float(matching_infonce(z, z)) == pytest.approx(expected, rel=1e-5)
+    shuffled = z[[1, 2, 3, 0]]
+    assert float(matching_infonce(z, shuffled)) > 10 * expected
+
+
+def test_contour_dice_is_zero_when_each_head_predicts_the_other_modality_contour():
+    mask = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    mask[:, :, 4:12, 3:13] = True
+    logits = torch.where(mask, 20.0, -20.0).float()
+    assert float(contour_dice(logits, logits, mask, mask)) == pytest.approx(0.0, abs=0.02)
+    assert float(contour_dice(-logits, -logits, mask, mask)) > 0.9
+
+
+def test_top_k_picks_the_most_similar_ct_slices_best_first_and_builds_the_eq6_condition():
+    sim = torch.tensor([[0.0, -1.0, -5.0, -0.5], [-3.0, -2.0, -0.1, -4.0]])
+    assert top_k(sim, 2).tolist() == [[0, 3], [2, 1]]
+    feats = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 2, 3, 3)
+    nac_lat = torch.full((2, 4, 3, 3), 9.0)
+    cond = build_condition(nac_lat, feats, top_k(sim, 2), 2)
+    assert cond.shape == (2, 2 * 2 + 4, 3, 3)
+    assert cond[0, :, 0, 0].tolist() == [0, 0, 3, 3, 9, 9, 9, 9]
+    assert build_condition(nac_lat, None, None, 0) is nac_lat
+
+
+def test_body_contours_fill_the_lungs_and_drop_isolated_specks():
+    ct = np.full((1, 32, 32), -1000.0, np.float32)
+    ct[0, 6:26, 6:26] = 40.0
+    ct[0, 10:16, 9:14] = -870.0      # a lung inside the body
+    ct[0, 1, 1] = 40.0               # a speck in the air
+    body = body_contours(ct, "ct")[0]
+    assert body[12, 11] and not body[1, 1] and body.sum() == 20 * 20
+
+
+def test_retention_index_of_a_lesion_that_moved_and_rose_by_20_percent():
+    early = np.zeros((20, 40, 40), np.float32)
+    early[8:12, 18:22, 18:22] = 5.0
+    late = np.zeros_like(early)
+    late[9:13, 18:22, 18:22] = 6.0   # one slice (5 mm) further: the patient moved
+    ref = sitk.GetImageFromArray(early)
+    ref.SetSpacing((4.0, 4.0, 5.0))
+    lat = sitk.GetImageFromArray(late)
+    lat.CopyInformation(ref)
+    rows = retention_rows(ref, lat, threshold=2.5)
+    assert len(rows) == 1
+    assert rows[0]["suvmax_early"] == 5.0 and rows[0]["suvmax_delayed"] == 6.0
+    assert rows[0]["retention_index_percent"] == 20.0
+    assert rows[0]["volume_ml"] == pytest.approx(64 * 0.08)
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end with a tiny random model
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    (c,) = generate_cohort(tmp_path_factory.mktemp("dtp"), 1, seed=5,
+                           cfg=PhantomConfig(size=32, slices=40, images=("ac", "nac", "delayed")))
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = json.loads(CONFIG.read_text())
+    cfg["diffusion"]["channels"] = 8
+    sp = network_specs(cfg)
+    nets = {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"]),
+            "autoencoder": build_network(sp["autoencoder"]), "denoiser": build_network(sp["diffusion:k2"])}
+    card = recipe_card.model_card(cfg, "tiny-stmdiff", 2, {"latent_scale": 1.0}, {}, "test")
+    card["networks"] = {"g1": sp["g1"], "g2": sp["g2"], "autoencoder": sp["autoencoder"],
+                        "denoiser": sp["diffusion:k2"]}
+    return save_model_folder(tmp_path_factory.mktemp("model") / "tiny-stmdiff", nets, card)
+
+
+def test_simulated_nac_passes_the_profile_check_and_the_ac_image_does_not(case):
+    nac = nac_profile(sitk.GetArrayFromImage(read_image(case / "pet_delayed_nac.nii.gz")))
+    ac = nac_profile(sitk.GetArrayFromImage(read_image(case / "pet_delayed_ac.nii.gz")))
+    print("NAC", nac, "AC", ac)
+    assert nac["body_mean"] < 0.3 < 0.6 < ac["body_mean"]
+
+
+def test_run_writes_the_delayed_ac_pet_on_the_nac_grid_with_uncertainty_and_retention_table(case, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    manifest = run_task("dual-timepoint-ac", {"nac": str(case / "pet_delayed_nac.nii.gz"),
+                                              "ct": str(case / "ct.nii.gz"),
+                                              "first_pet": str(case / "pet_ac.nii.gz")},
+                        {"steps": 2, "samples": 2}, out, model_path=str(tiny_model))
+    man = json.loads(manifest.read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "pet_ac.nii.gz",
+                                                      "retention_index.csv", "uncertainty.nii.gz"]
+    nac = read_image(case / "pet_delayed_nac.nii.gz")
+    pet = read_image(out / "pet_ac.nii.gz")
+    assert pet.GetSize() == nac.GetSize() and pet.GetSpacing() == nac.GetSpacing()
+    assert pet.GetOrigin() == nac.GetOrigin()
+    assert get_units(pet) == "SUVbw" and is_synthetic(pet)
+    assert is_synthetic(read_image(out / "uncertainty.nii.gz"))
+    arr = sitk.GetArrayFromImage(pet)
+    assert np.isfinite(arr).all() and arr.min() >= 0.0
+    assert man["k"] == 2 and man["synthetic"] is True and man["model_id"] == "tiny-stmdiff"
+    assert man["input_checks"]["ct_axial_coverage"] == 1.0
+    with (out / "retention_index.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[-1] == "retention_index_percent"
+
+
+def _expect_refused(inputs: dict, out: Path, model: Path, words: str):
+    with pytest.raises(InputError, match=words):
+        run_task("dual-timepoint-ac", inputs, {"steps": 2}, out, model_path=str(model))
+    assert not out.exists()
+
+
+def test_an_ac_image_given_as_nac_is_refused(case, tiny_model, tmp_path):
+    _expect_refused({"nac": str(case / "pet_delayed_ac.nii.gz"), "ct": str(case / "ct.nii.gz")},
+                    tmp_path / "out", tiny_model, "attenuation-corrected PET, not a NAC")
+
+
+def test_a_ct_that_does_not_cover_the_pet_axial_range_is_refused(case, tiny_model, tmp_path):
+    ct = read_image(case / "ct.nii.gz")
+    upper = ct[:, :, ct.GetSize()[2] // 2:]
+    path = write_image(upper, tmp_path / "ct_upper.nii.gz", units="HU")
+    _expect_refused({"nac": str(case / "pet_delayed_nac.nii.gz"), "ct": str(path)}, tmp_path / "out",
+                    tiny_model, "covered")
+
+
+def test_a_nac_in_bq_per_ml_is_refused(case, tiny_model, tmp_path):
+    nac = read_image(case / "pet_delayed_nac.nii.gz")
+    bq = sitk.Cast(nac * 5000.0, sitk.sitkFloat32)  # ~5 kBq/mL per SUV (PHYSICS.md §1), no units tag
+    path = write_image(bq, tmp_path / "nac_bqml.nii.gz")
+    _expect_refused({"nac": str(path), "ct": str(case / "ct.nii.gz")}, tmp_path / "out", tiny_model,
+                    "Bq/mL")
+    tagged = write_image(bq, tmp_path / "nac_tagged.nii.gz", units="Bq/mL")
+    _expect_refused({"nac": str(tagged), "ct": str(case / "ct.nii.gz")}, tmp_path / "out", tiny_model,
+                    "Bq/mL")
