@@ -55,7 +55,7 @@ def test_two_gloo_processes_finish_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(script), str(tmp_path)],
-                          capture_output=True, text=True, timeout=240, env=env)
+                          capture_output=True, text=True, timeout=420, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0 = load_file(str(tmp_path / "rank0.safetensors"))
     w1 = load_file(str(tmp_path / "rank1.safetensors"))
@@ -64,3 +64,61 @@ def test_two_gloo_processes_finish_with_identical_weights(tmp_path):
         assert torch.equal(w0[k], w1[k]), k
     assert (tmp_path / "model" / "card.json").is_file()  # exported once, by rank 0
     assert (tmp_path / "checkpoint" / "state.pt").is_file()
+
+
+STAGES_WORKER = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    import numpy as np
+    import torch
+    from PETDiffusionLib.models.card import build_network
+    from PETDiffusionLib.training.loop import Stage, Trainer, TrainConfig, run_stages
+
+    torch.set_num_threads(1)
+    run_dir = Path(sys.argv[1])
+    rank = int(os.environ["RANK"])
+
+    def prepare(folder):
+        # written by rank 0 only; the training stage of every rank reads it
+        with open(folder / "calls.txt", "a") as f:
+            f.write(f"rank {rank}\\n")
+        np.save(folder / "data.npy", np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 1, 4, 4))
+        return {"cases": 4}
+
+    def train(folder):
+        data = torch.from_numpy(np.load(run_dir / "prepare" / "data.npy"))
+        net = build_network({"class": "torch.nn.Conv2d", "args": {"in_channels": 1,
+                             "out_channels": 1, "kernel_size": 1}})
+        def batch_fn(step, rng):
+            return data[rng.integers(0, 4, 2)]
+        def loss_fn(batch, nets):
+            return (nets["net"](batch) - 2 * batch).abs().mean(), {}
+        t = Trainer(TrainConfig(max_steps=2, progress_bar=False, device="cpu"), {"net": net},
+                    loss_fn, batch_fn, run_dir=folder)
+        t.fit()
+        w = float(t.networks["net"].weight.sum())
+        (folder / f"weight_rank{rank}.txt").write_text(repr(w))
+        return {"steps": t.step}
+
+    out = run_stages(run_dir, [Stage("prepare", prepare, rank0_only=True), Stage("train", train)])
+    (run_dir / f"out_rank{rank}.json").write_text(json.dumps(out))
+''')
+
+
+def test_stages_under_torchrun_prepare_once_and_train_on_every_rank(tmp_path):
+    script = tmp_path / "stages.py"
+    script.write_text(STAGES_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=420, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "prepare" / "calls.txt").read_text() == "rank 0\n"     # prepared once
+    import json
+    outs = [json.loads((run / f"out_rank{r}.json").read_text()) for r in (0, 1)]
+    assert outs[0]["prepare"]["cases"] == outs[1]["prepare"]["cases"] == 4
+    assert outs[0]["train"]["steps"] == outs[1]["train"]["steps"] == 2
+    w = [(run / "train" / f"weight_rank{r}.txt").read_text() for r in (0, 1)]
+    assert w[0] == w[1]                                                   # DDP kept them equal
+    assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 2

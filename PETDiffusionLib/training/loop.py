@@ -122,6 +122,16 @@ def warmup_cosine(step: int, warmup: int, max_steps: int, min_ratio: float) -> f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def init_process_group(device: str | None = "auto") -> bool:
+    """Join the torchrun process group when launched under torchrun (NCCL on CUDA, gloo on CPU);
+    True when this call started it."""
+    if distributed_env()[1] <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
 def distributed_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the variables torchrun sets; (0, 1, 0) otherwise."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -147,11 +157,7 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         self.rank, self.world_size, local_rank = distributed_env()
         self.distributed = self.world_size > 1
-        self._owns_group = False
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo"
-            dist.init_process_group(backend=backend)
-            self._owns_group = True
+        self._owns_group = init_process_group(config.device)
         device = choose_device(config.device)
         if device.type == "cuda" and self.distributed:
             device = torch.device("cuda", local_rank)
@@ -466,9 +472,14 @@ class TrainOptions:
 @dataclass(frozen=True)
 class Stage:
     """One step of a multi-network recipe: ``run(stage_dir) -> summary`` (a training stage builds its
-    own Trainer with ``run_dir=stage_dir``; data preparation and export are stages too)."""
+    own Trainer with ``run_dir=stage_dir``; data preparation and export are stages too).
+
+    ``rank0_only``: under torchrun, a stage that writes shared files (data preparation, latents,
+    export) runs on rank 0 while the other ranks wait at a barrier; training stages run on every
+    rank (DDP)."""
     name: str
     run: Callable[[Path], dict]
+    rank0_only: bool = False
 
 
 def stage_dir(run_dir: str | os.PathLike, name: str) -> Path:
@@ -477,6 +488,15 @@ def stage_dir(run_dir: str | os.PathLike, name: str) -> Path:
 
 def stage_done(run_dir: str | os.PathLike, name: str) -> bool:
     return (stage_dir(run_dir, name) / "summary.json").is_file()
+
+
+def _write_summary(path: Path, summary: dict | None, t0: float) -> dict:
+    summary = dict(summary or {})
+    summary.setdefault("seconds", round(time.monotonic() - t0, 1))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return summary
 
 
 def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
@@ -490,6 +510,9 @@ def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
     from ``TrainOptions.resume``).
     """
     names = [s.name for s in stages]
+    distributed = distributed_env()[1] > 1
+    if distributed:
+        init_process_group()
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
@@ -508,12 +531,18 @@ def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
             continue
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        summary = dict(st.run(folder) or {})
-        summary.setdefault("seconds", round(time.monotonic() - t0, 1))
-        if distributed_env()[0] == 0:
-            tmp = summary_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(summary, indent=2, default=str))
-            os.replace(tmp, summary_path)
+        rank = distributed_env()[0]
+        if st.rank0_only and distributed:
+            if rank == 0:
+                _write_summary(summary_path, st.run(folder), t0)
+            dist.barrier()                       # the other ranks wait for rank 0's files
+            summary = json.loads(summary_path.read_text())
+        else:
+            summary = st.run(folder)
+            if rank == 0:
+                summary = _write_summary(summary_path, summary, t0)
+            if distributed:
+                dist.barrier()
         out[st.name] = summary
-        log.info("stage %s finished in %.1f s", st.name, summary["seconds"])
+        log.info("stage %s finished in %.1f s", st.name, time.monotonic() - t0)
     return out

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -164,6 +165,14 @@ def amdiff_loss(batch: dict, networks: dict[str, nn.Module], diffusion: Conditio
     loss = l_diff
     if lam > 0:
         sel = t < max(1, int(cfg.lor_max_t_fraction * T))
+        weight = 1.0
+        if not sel.any() and dist.is_available() and dist.is_initialized():
+            # under DDP every wrapped network must take part in every step (each rank all-reduces
+            # its gradients, and a rank that skipped them would hang the others): run the revision
+            # module and the segmenter on one sample with weight 0 when no t < T/2 was drawn here
+            sel = torch.zeros_like(sel)
+            sel[0] = True
+            weight = 0.0
         if sel.any():
             ab = diffusion.alphas_cumprod.to(x0.device)[t[sel]].float().view(-1, 1, 1, 1)
             u_hc = norm.x_to_u(x0_from_epsilon(x_t[sel], eps_hat[sel], ab, clip=1.0))  # P_HC
@@ -178,7 +187,7 @@ def amdiff_loss(batch: dict, networks: dict[str, nn.Module], diffusion: Conditio
             l_seg = segmentation_loss(les_logits, org_logits, les, org,
                                       cfg.lesion_class_weights, cfg.organ_class_weights,
                                       None if ann is None else ann[sel])
-            loss = loss + lam * (l_lor + l_rev + l_seg)
+            loss = loss + weight * lam * (l_lor + l_rev + l_seg)
             logs.update(lor=float(l_lor.detach()), rev=float(l_rev.detach()), seg=float(l_seg.detach()))
     logs["lambda"] = lam
     return loss, logs

@@ -221,8 +221,8 @@ def stages(cfg: DenoiseSegmentConfig, options: TrainOptions) -> list[Stage]:
         out = save_model_folder(folder / "model", nets, model_card(cfg, step, options.command(TASK)))
         return {"model": str(out), "steps": step}
 
-    out = [Stage("real-cohort", real_cohort)] if cfg.real_cohort_data else []
-    return out + [Stage("train", train_networks), Stage("export", export)]
+    out = [Stage("real-cohort", real_cohort, rank0_only=True)] if cfg.real_cohort_data else []
+    return out + [Stage("train", train_networks), Stage("export", export, rank0_only=True)]
 
 
 def train(config: dict, options: TrainOptions | None = None) -> int:

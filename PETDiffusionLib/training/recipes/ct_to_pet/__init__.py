@@ -46,16 +46,18 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     def bridge(name: str) -> Stage:
         return Stage(name, lambda d: net_stages.train_bridge(cfg, options, run_dir, d, name))
 
-    out = [Stage("prepare", lambda d: data.prepare(cfg, d))]
+    out = [Stage("prepare", lambda d: data.prepare(cfg, d), rank0_only=True)]
     if real:
-        out.append(Stage("prepare_real", lambda d: data.prepare_real(cfg, d)))
+        out.append(Stage("prepare_real", lambda d: data.prepare_real(cfg, d), rank0_only=True))
     out += [Stage("autoencoder", lambda d: net_stages.train_autoencoder(cfg, options, run_dir, d)),
             Stage("attention", lambda d: net_stages.train_attention(cfg, options, run_dir, d)),
-            Stage("latents", lambda d: net_stages.encode_latents(cfg, run_dir, d))]
+            Stage("latents", lambda d: net_stages.encode_latents(cfg, run_dir, d),
+                  rank0_only=True)]
     if real:
-        out.append(Stage("latents_real", lambda d: net_stages.encode_real_latents(cfg, run_dir, d)))
+        out.append(Stage("latents_real", lambda d: net_stages.encode_real_latents(cfg, run_dir, d),
+                         rank0_only=True))
     out += [bridge(name) for name in net_stages.BRIDGE_STAGES]
-    out.append(Stage("export", lambda d: card.export(cfg, run_dir, command)))
+    out.append(Stage("export", lambda d: card.export(cfg, run_dir, command), rank0_only=True))
     return out
 
 
