@@ -1,7 +1,8 @@
-"""Network builders. MONAI first (``DiffusionModelUNet``, ``AutoencoderKL``, ``VQVAE``); what MONAI
-lacks lives in one module per method (``amdiff.py``, ``cpdm.py``, ...).
+"""Shared network parts. MONAI first (``DiffusionModelUNet``, ``AutoencoderKL``): ``builders.py``
+writes their card specs; ``blocks.py`` holds the timestep embedding and time-conditioned residual
+blocks that several methods share. Each paper's own networks live with its method
+(``PETDiffusionLib/methods/<method>/networks.py``).
 
 Every network a model card names is built from ``{"class": dotted path, "args": {...}}`` by
-:func:`PETDiffusionLib.models.card.build_network`; ``builders.py`` writes those specs for the MONAI
-networks so that a recipe and its card agree on the constructor arguments.
+:func:`PETDiffusionLib.models.card.build_network`, the one builder, with its class allow-list.
 """
