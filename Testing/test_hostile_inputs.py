@@ -550,13 +550,15 @@ def test_seg_and_sr_from_report_are_de_identified(identified_sts_pet, area, caps
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID in evidence_series
 
 
-def test_keep_identity_keeps_the_source_identity_and_says_it_truthfully(identified_sts_pet, area,
-                                                                       capsys):
+def test_keep_identity_keeps_the_source_identity_and_says_it_truthfully(identified_sts_pet,
+                                                                       tmp_path):
+    """What `report --keep-identity` passes to the SEG writer: the source datasets as they are."""
+    from PETDiffusionLib.report.dicom_seg import source_series, write_dicom_seg
     pet, uids = identified_sts_pet
-    rc, _, err = run_cli(["report", "--pet", pet, "--dicom-source", pet, "--keep-identity",
-                          "--out", area / "r"], capsys)
-    assert rc == 0, err
-    seg = pydicom.dcmread(area / "r" / "lesions_seg.dcm")
+    suv = read_image(pet)
+    lesion = sitk.Cast(suv > 2.5, sitk.sitkUInt8)
+    seg = pydicom.dcmread(write_dicom_seg(lesion, source_series(pet), {1: "Lesion 1"},
+                                          tmp_path / "seg.dcm"))
     assert str(seg.PatientName) == "Doe^Jane" and seg.StudyInstanceUID == uids["StudyInstanceUID"]
     assert seg.PatientIdentityRemoved == "NO" and "DeidentificationMethod" not in seg
 
@@ -610,24 +612,16 @@ def _wait_for_staging(area: Path, proc: subprocess.Popen, timeout_s: float = 90.
     raise AssertionError("the run never started writing")
 
 
-def test_sigkill_leaves_a_stale_staging_folder_that_the_next_run_removes_and_sigterm_leaves_nothing(
-        sts_pet_nifti, area):
-    """A run killed outright (SIGKILL) cannot clean up: the next run into the same --out removes
-    its staging folder; that run, stopped by SIGTERM (Slicer's cancel) mid-inference, removes its
-    own and ends with 143."""
-    first = _start_run(sts_pet_nifti, area / "o")
-    stale = _wait_for_staging(area, first)
-    first.kill()
-    first.communicate(timeout=30)
-    assert stale.exists()
-    second = _start_run(sts_pet_nifti, area / "o")
-    _wait_for_staging(area, second)
-    assert not stale.exists()
+def test_sigterm_mid_inference_leaves_nothing(sts_pet_nifti, area):
+    """SIGTERM (Slicer's cancel, schedulers) while the model runs: the run removes its staging
+    folder and ends with 143 (a SIGKILLed run's folder is removed by the next run: see
+    test_a_stale_staging_folder_of_a_killed_run_is_removed_by_the_next_run)."""
+    proc = _start_run(sts_pet_nifti, area / "o")
+    _wait_for_staging(area, proc)
     time.sleep(0.5)  # inside the inference
-    second.send_signal(signal.SIGTERM)
-    _, err = second.communicate(timeout=60)
-    assert second.returncode == 128 + signal.SIGTERM, err
-    assert f"left by a run (process {first.pid}) that was killed" in err
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
     assert "terminated by signal 15" in err and "Traceback" not in err
     assert list(area.iterdir()) == []
 
@@ -750,3 +744,33 @@ def test_check_ct_hu_accepts_the_real_ct_and_refuses_a_pet_nan_and_units(shared_
     pet.SetMetaData("PETDiffusion.units", "SUVbw")
     with pytest.raises(InputError, match="labelled 'SUVbw', not HU"):
         check_ct_hu(pet, "pet.nii.gz")
+
+
+def test_run_on_a_dicom_series_with_a_malformed_time_names_the_tag(shared_data, tmp_path, area,
+                                                                   capsys):
+    pet = dro_copy(shared_data, tmp_path / "in", set_tags(SeriesTime="noon"))
+    expect_error(["run", "denoise-segment", "--pet", pet, "--out", area / "o", "--progress",
+                  "none"], capsys, area, str(pet), "SeriesTime (0008,0031) 'noon' is malformed")
+
+
+def test_stopping_ends_the_child_processes():
+    from PETDiffusionLib.cli.main import _end_children
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    t0 = time.monotonic()
+    _end_children(timeout_s=10)  # terminates and reaps it
+    assert child.poll() is not None and time.monotonic() - t0 < 10
+
+
+def test_a_staging_folder_of_a_run_still_alive_is_reported_not_removed(tmp_path, caplog):
+    from PETDiffusionLib.io.atomic import staging_dir
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        busy = tmp_path / f".o-staging-{alive.pid}-abcd"
+        busy.mkdir()
+        with staging_dir(tmp_path / "o") as stage:
+            (stage / "a.txt").write_text("done")
+        assert busy.is_dir() and (tmp_path / "o" / "a.txt").read_text() == "done"
+        assert f"another run (process {alive.pid}) is writing" in caplog.text
+    finally:
+        alive.kill()
+        alive.wait()
