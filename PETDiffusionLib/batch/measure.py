@@ -5,8 +5,8 @@
   each network's calls while a study runs. A counted call is one network evaluation on whatever
   batch the pipeline passed (a batch of 2.5D slices counts once).
 - :func:`run_child`: run a function in a fresh Python process and read its peak resident set size
-  (``ru_maxrss`` from ``os.wait4``; Linux reports kilobytes, getrusage(2)), so that one benchmark's
-  memory is not mixed with another's.
+  (Linux ``VmHWM``, proc(5); see there), so that one benchmark's memory is not mixed with
+  another's nor with the parent's.
 
 ``petdiffusion bench`` (cli/bench.py) and the tasks' bench.py use these.
 """
@@ -95,23 +95,45 @@ def count_forward_calls(model: Any) -> Iterator[dict[str, dict[str, int]]]:
 
 def run_child(module: str, function: str, kwargs: dict) -> tuple[Any, float]:
     """``module.function(**kwargs)`` in a child Python process: (its JSON-able result, the child's
-    peak resident memory in MB). The child's stderr is this process's (its logging shows)."""
+    peak resident memory in MB). The child's stderr is copied to this process's when it ends; a
+    child that fails raises RuntimeError with the last line of its stderr (its error).
+
+    The peak is the child's ``VmHWM`` (proc(5): the high-water mark of the resident set of its own
+    address space) where Linux has it. Not ``ru_maxrss``: that one survives ``execve`` and, with
+    the vfork that Python's subprocess uses, starts at this parent's resident size, so a child
+    would never weigh less than its parent. Elsewhere ``ru_maxrss`` (``os.wait4``) it is.
+    """
     with tempfile.TemporaryDirectory(prefix="petdiffusion-child-") as tmp:
         out = Path(tmp) / "result.json"
         code = ("import json, sys, importlib\n"
                 f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
-                f"res = fn(**json.loads(sys.argv[1]))\n"
-                f"open({str(out)!r}, 'w').write(json.dumps(res, default=str))\n")
-        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)],
-                                stdout=subprocess.DEVNULL)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+                "res = fn(**json.loads(sys.argv[1]))\n"
+                "peak = None\n"
+                "try:\n"
+                "    for line in open('/proc/self/status'):\n"
+                "        if line.startswith('VmHWM:'):\n"
+                "            peak = int(line.split()[1]) / 1024.0\n"
+                "except OSError:\n"
+                "    pass\n"
+                f"open({str(out)!r}, 'w').write(json.dumps({{'result': res, 'peak_mb': peak}}, "
+                "default=str))\n")
+        err_path = Path(tmp) / "stderr.txt"
+        with err_path.open("w") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(kwargs)],
+                                    stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        stderr = err_path.read_text(errors="replace")
+        sys.stderr.write(stderr)  # the child's logging, after it
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
+            last = [ln for ln in stderr.splitlines() if ln.strip()][-1:] or ["no message"]
             raise RuntimeError(f"{module}.{function} failed in its child process "
-                               f"(exit status {proc.returncode}; its error is above)")
-        return json.loads(out.read_text()), usage.ru_maxrss / 1024.0
+                               f"(exit status {proc.returncode}): {last[0].strip()}")
+        done = json.loads(out.read_text())
+        peak = done["peak_mb"] if done["peak_mb"] is not None else usage.ru_maxrss / 1024.0
+        return done["result"], peak
