@@ -774,3 +774,12 @@ def test_a_staging_folder_of_a_run_still_alive_is_reported_not_removed(tmp_path,
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_report_dicom_source_with_irregular_steps_is_refused_before_any_work(shared_data, area,
+                                                                             capsys):
+    wb = shared_data / WB_PET
+    err = expect_error(["report", "--pet", wb, "--dicom-source", wb, "--out", area / "r"], capsys,
+                       area, str(wb), "slice steps are irregular (3.190 to 3.290 mm)",
+                       "leave out --dicom-source")
+    assert "segmented" not in err  # refused before the lesions were segmented

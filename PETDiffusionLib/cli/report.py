@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PETDiffusionLib.cli.quantify import add_input_args, lesions_and_thresholds, load_inputs
 from PETDiffusionLib.io.deid import deidentify_series
-from PETDiffusionLib.report.dicom_seg import source_series
+from PETDiffusionLib.report.dicom_seg import check_source_geometry, source_series
 from PETDiffusionLib.report.pdf import make_report, report_text
 
 
@@ -32,12 +32,13 @@ def register(sub) -> None:
 
 def _report(args) -> int:
     inputs = load_inputs(args)
-    lesions, thresholds, _ = lesions_and_thresholds(inputs, args.threshold)
     source = None
     if args.dicom_source:
         source = source_series(args.dicom_source)
+        check_source_geometry(source)
         if not args.keep_identity:
             source = deidentify_series(source, pseudo_id=args.patient_id)
+    lesions, thresholds, _ = lesions_and_thresholds(inputs, args.threshold)
     paths = make_report(args.out, inputs["pet"], lesions, inputs["organs"], inputs["organ_names"],
                         task=args.task, model_id=args.model_id, model_version=args.model_version,
                         synthetic=args.synthetic, patient_id=args.patient_id,

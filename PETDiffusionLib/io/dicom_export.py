@@ -147,14 +147,15 @@ def write_dicom_series(img: sitk.Image, out_dir: str | os.PathLike, modality: st
     """
     modality = modality.upper()
     if img.GetDimension() != 3:
-        raise InputError(f"DICOM export needs a 3D image, got {img.GetDimension()}D")
+        raise InputError(f"DICOM export needs a 3D image, got {img.GetDimension()}D", out_dir)
     if synthetic is None:
         synthetic = is_synthetic(img)
     if modality == "PT" and pet is None:
-        raise InputError("PET DICOM export needs the SUV header facts (weight, dose, times)")
+        raise InputError("PET DICOM export needs the SUV header facts (weight, dose, times)",
+                         out_dir)
     arr = sitk.GetArrayFromImage(img).astype(np.float64)  # z, y, x
     if not np.all(np.isfinite(arr)):
-        raise InputError("image holds NaN or infinite values; cannot export to DICOM")
+        raise InputError("the image holds NaN or infinite values; cannot export to DICOM", out_dir)
     when = pet.series_time if pet else datetime.now()
     if study_uid is None and template is not None and "StudyInstanceUID" in template:
         study_uid = str(template.StudyInstanceUID)
@@ -175,7 +176,7 @@ def write_dicom_series(img: sitk.Image, out_dir: str | os.PathLike, modality: st
         elif units == "GML":
             base.SUVType = "BW"
         elif units != "BQML":
-            raise InputError(f"PET export units must be BQML or GML, not {units}")
+            raise InputError(f"PET export units must be BQML or GML, not {units}", out_dir)
     sop_class = SOP_CLASS.get(modality, SecondaryCaptureImageStorage)
 
     d = np.array(img.GetDirection(), float).reshape(3, 3)

@@ -51,20 +51,33 @@ def source_series(folder: str | os.PathLike) -> list[pydicom.Dataset]:
     return datasets
 
 
+def check_source_geometry(datasets: list[pydicom.Dataset]) -> None:
+    """Before any work: InputError when a DICOM SEG cannot reference these instances one to one
+    (mixed orientations, repeated positions, irregular steps)."""
+    _sorted_geometry(list(datasets))
+
+
 def _sorted_geometry(datasets: list[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], sitk.Image]:
     """Source instances sorted along the slice normal, and an empty image with their grid."""
+    where = Path(str(getattr(datasets[0], "filename", "") or "source series")).parent \
+        if getattr(datasets[0], "filename", None) else "source series"
     iop = np.array(datasets[0].ImageOrientationPatient, float)
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     for ds in datasets:
         if not np.allclose(np.array(ds.ImageOrientationPatient, float), iop, atol=1e-4):
-            raise InputError("source series mixes slice orientations", "source series")
+            raise InputError("the source series mixes slice orientations", where)
     ordered = sorted(datasets, key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
     pos = np.array([np.array(d.ImagePositionPatient, float) for d in ordered])
     steps = np.diff(pos @ normal)
-    if len(steps) and (np.any(steps <= 0) or np.ptp(steps) > 1e-3 * max(1.0, abs(steps.mean()))):
-        raise InputError("source series slices are not evenly spaced (or repeat a position)",
-                         "source series")
+    if len(steps) and np.any(steps <= 1e-3):
+        raise InputError("the source series repeats a slice position: a DICOM SEG cannot reference "
+                         "its slices one to one", where)
+    if len(steps) and np.ptp(steps) > 1e-3 * max(1.0, abs(steps.mean())):
+        raise InputError(f"the source series' slice steps are irregular ({steps.min():.3f} to "
+                         f"{steps.max():.3f} mm): its PET is read onto a regular grid, so a DICOM SEG "
+                         "cannot reference its slices one to one; leave out --dicom-source (the "
+                         "tables, the report and the NIfTI label maps are still written)", where)
     dz = float(steps.mean()) if len(steps) else float(getattr(ordered[0], "SliceThickness", 1.0))
     ps = [float(v) for v in ordered[0].PixelSpacing]  # row spacing (y), column spacing (x)
     ref = sitk.Image(int(ordered[0].Columns), int(ordered[0].Rows), len(ordered), sitk.sitkUInt8)
