@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import nibabel as nib
