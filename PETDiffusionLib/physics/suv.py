@@ -386,7 +386,7 @@ def suv_factor(ds_or_datasets: Dataset | Sequence[Dataset], suv_type: str = "bw"
     half_life = _float(rp.get("RadionuclideHalfLife"))
     if half_life:
         check_header_value("RadionuclideHalfLife (0018,1075)", half_life, limits.half_life_s, "s",
-                           path, "a corrected header (no manual option)")
+                           path, None)
     else:
         half_life = _half_life_from_code(rp)
     decay = _s(ds.get("DecayCorrection")).upper()

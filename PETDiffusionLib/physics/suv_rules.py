@@ -71,12 +71,14 @@ def check_override(option: str, value, lo_hi: tuple[float, float], unit: str) ->
 
 
 def check_header_value(what: str, value: float, lo_hi: tuple[float, float], unit: str, path,
-                       option: str, note: str = "") -> None:
-    """InputError naming the file, the tag and its value when ``value`` is outside ``lo_hi``."""
+                       option: str | None, note: str = "") -> None:
+    """InputError naming the file, the tag and its value when ``value`` is outside ``lo_hi``;
+    ``option`` is the manual option that overrides it (None: only a corrected header helps)."""
     if not _in(value, lo_hi):
+        fix = f"check the header, or give the right value with {option}" if option else \
+            "correct the header"
         raise InputError(f"{what} {value:g} {unit}{note} is implausible (outside "
-                         f"{lo_hi[0]:g}-{lo_hi[1]:g} {unit}): the SUV would be wrong; check the "
-                         f"header, or give the right value with {option}", path)
+                         f"{lo_hi[0]:g}-{lo_hi[1]:g} {unit}): the SUV would be wrong; {fix}", path)
 
 
 def parse_clock_time(value: str) -> timedelta:
@@ -132,7 +134,7 @@ def check_decay_interval(inj: datetime, ref: datetime, inj_what: str, ref_what: 
     if dt > max_s:
         raise InputError(f"the decay interval from injection ({inj_what} = {inj}) to the scan "
                          f"reference ({ref_what} = {ref}) is {fmt_minutes(dt)}, outside the plausible "
-                         f"0-{limits.max_decay_minutes:g} min (the SUV would be "
-                         f"x{math.exp(min(700.0, math.log(2) / half_life_s * (dt - 3600.0))):.3g} of that at "
-                         f"60 min); {OVERRIDE_HINT}", path)
+                         f"0-{limits.max_decay_minutes:g} min (after that long the dose has decayed to "
+                         f"{100 * math.exp(-math.log(2) / half_life_s * dt):.2g} %)"
+                         f"; {OVERRIDE_HINT}", path)
     return dt
