@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from PETDiffusionLib.io.deid import deidentify
+from PETDiffusionLib.io.deid import deidentify, deidentify_series
 from PETDiffusionLib.io.dicom import find_series, read_dicom_image, read_pet_suv
 from PETDiffusionLib.io.dicom_export import PETHeader, write_dicom_series
 from PETDiffusionLib.io.images import get_units, set_units
@@ -105,3 +105,27 @@ def test_written_series_carry_the_type_2_patient_and_study_attributes(tmp_path):
     ds = pydicom.dcmread(files[0])
     for kw in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
         assert kw in ds, kw
+
+
+def test_deidentify_series_maps_uids_consistently_and_removes_private_tags_and_names(shared_data):
+    files = sorted((shared_data / "petct_sts/dicom/STS_001/PET/image").glob("*.dcm"))[:3]
+    originals = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    for ds in originals:
+        ds.PerformingPhysicianName = "Smith^Operator"
+        ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", "20000907112011")
+    copies = deidentify_series(originals, pseudo_id="P-0001")
+    study = {c.StudyInstanceUID for c in copies}
+    series = {c.SeriesInstanceUID for c in copies}
+    assert len(study) == 1 and len(series) == 1  # one study and one series still
+    assert study.isdisjoint({o.StudyInstanceUID for o in originals})
+    assert {c.SOPInstanceUID for c in copies}.isdisjoint({o.SOPInstanceUID for o in originals})
+    assert copies[0].FrameOfReferenceUID != originals[0].FrameOfReferenceUID
+    assert copies[0].SOPClassUID == originals[0].SOPClassUID  # registered DICOM UIDs stay
+    for c in copies:
+        assert str(c.PatientName) == "P-0001" and c.PatientID == "P-0001"
+        assert c.PerformingPhysicianName == "" and not any(e.tag.is_private for e in c)
+        assert c.PatientIdentityRemoved == "YES" and c.LongitudinalTemporalInformationModified \
+            == "UNMODIFIED"
+        assert [i.CodeValue for i in c.DeidentificationMethodCodeSequence] == [
+            "113100", "113108", "113106"]
+    assert str(originals[0].PatientName) == "STS_001"  # the originals are untouched
