@@ -24,11 +24,14 @@ import torch
 
 from PETDiffusionLib.diffusion.edm import EDM, ResidualSuperResolution
 from PETDiffusionLib.diffusion.windows import WindowedNet
-from PETDiffusionLib.methods.totalgen.data import HR_SHAPE, load_cohort
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.atomic import atomic_write_text
+from PETDiffusionLib.methods.totalgen.data import HR_SHAPE
 from PETDiffusionLib.methods.totalgen.intensities import demographic_vector
 from PETDiffusionLib.methods.totalgen.synthesis import (SR_OVERLAP, SR_WINDOW, body_box,
                                                         body_figures, finish, measure,
                                                         sample_global_batch, sr_condition)
+from PETDiffusionLib.models.registry import resolve_model
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
 from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_SR_STEPS, DEFAULT_STEPS
 
@@ -66,6 +69,10 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per acceptance subject")
     p.add_argument("--max-subjects", type=int, default=0, help="use the first N held-out subjects")
     p.add_argument("--no-response", action="store_true", help="skip the demographic response")
+    p.add_argument("--write-card", action="store_true",
+                   help="copy the figures into the model folder's card.json (\"evaluation\")")
+    p.add_argument("--train-cohort", default="cohorts/totalgen_train",
+                   help="the training population, summarised beside AutoPET (subject_*.json)")
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -109,17 +116,26 @@ def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int) 
     return out
 
 
-def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int) -> dict:
+def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0) -> dict:
+    """Both acceptance subjects x ``seeds`` stage-1 samples (one batch: each sample its own noise
+    draw), then stage 2 with ``sr_steps`` per sample."""
+    order = [(sex, k) for sex in ACCEPTANCE for k in range(seeds)]
+    demos = [demographic_vector(ACCEPTANCE[sex][0], sex, ACCEPTANCE[sex][1], ACCEPTANCE[sex][2])
+             for sex, _ in order]
+    t0 = time.monotonic()
+    lr = sample_global_batch(nets["global"], demos, steps, seed)
+    t_stage1 = (time.monotonic() - t0) / len(order)
     out = {}
     for sex, (age, h, w) in ACCEPTANCE.items():
-        demo = demographic_vector(age, sex, h, w)
         rows, figs = [], []
-        for seed in range(seeds):
+        for j, (s_, k) in enumerate(order):
+            if s_ != sex:
+                continue
             t0 = time.monotonic()
-            lr = sample_global_batch(nets["global"], [demo], steps, seed)[0]
-            s = finish(nets, lr, demo, sr_steps, seed + 1)
+            s = finish(nets, lr[j], demos[j], sr_steps, seed + 1 + j)
             rows.append(measure(s.organs, s.suv, s.ct_hu))
-            figs.append({**body_figures(s.ct_hu), "seconds": round(time.monotonic() - t0, 1)})
+            figs.append({**body_figures(s.ct_hu),
+                         "seconds": round(t_stage1 + time.monotonic() - t0, 1)})
         res = {"demographics": {"age": age, "height_cm": h, "weight_kg": w}, "seeds": seeds,
                "per_seed": [{f"{o}.{q}": round(r[o][q], 4) for o, q in ACCEPT_KEYS}
                             | {"liver.ct_mean_hu": round(r["liver"]["ct_mean_hu"], 1)} for r in rows],
@@ -192,18 +208,38 @@ def seam_check(nets: dict, steps: int, sigma: float = 0.5) -> dict:
             "units": "network units (2u - 1): 1.0 = 500 HU of CT"}
 
 
+def population_summary(folder: Path) -> dict:
+    """The organ figures of a prepared population by sex (its subject_*.json), and its demographics."""
+    infos = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("subject_*.json"))]
+    out = {}
+    for sex in ("M", "F"):
+        rows = [i for i in infos if i["demographics"]["sex"] == sex]
+        if rows:
+            d = {k: [r["demographics"][k] for r in rows] for k in ("age", "height_cm", "weight_kg")}
+            out[sex] = {"n": len(rows), "organs": _jsonable(_summary([r["measures"] for r in rows])),
+                        "demographics": {k: [round(min(v), 1), round(max(v), 1)] for k, v in d.items()}
+                        | {"bmi": [round(min(r["bmi"] for r in rows), 1),
+                                   round(max(r["bmi"] for r in rows), 1)]}}
+    return out
+
+
 def evaluate(args) -> str:
     nets, card = load_model(args.model, "cpu")
-    _, infos = load_cohort(args.cohort)
+    infos = [json.loads(p.read_text()) for p in sorted(Path(args.cohort).glob("subject_*.json"))]
+    if not infos:
+        raise InputError("no subject_*.json: not a prepared synthesize cohort (petdiffusion train "
+                         "synthesize --stage prepare writes one)", args.cohort)
     if args.max_subjects:
         infos = infos[:args.max_subjects]
     t0 = time.monotonic()
     result = {"model": card["id"], "version": card.get("version"), "cohort": str(args.cohort),
               "steps": args.steps, "sr_steps": args.sr_steps, "table_sr_steps": args.table_sr_steps}
+    if Path(args.train_cohort).is_dir():
+        result["training_population"] = population_summary(Path(args.train_cohort))
     log.info("Table 1 over %d held-out subjects", len(infos))
     result["table1"] = table1(nets, infos, args.steps, args.table_sr_steps, args.seed)
     log.info("acceptance demographics, %d seeds", args.seeds)
-    result["acceptance"] = acceptance(nets, args.steps, args.sr_steps, args.seeds)
+    result["acceptance"] = acceptance(nets, args.steps, args.sr_steps, args.seeds, args.seed)
     if not args.no_response:
         result["response"] = response(nets, args.steps, 2)
     result["seams"] = seam_check(nets, args.steps)
@@ -211,7 +247,22 @@ def evaluate(args) -> str:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.write_card:
+        record_evaluation(Path(args.model) if args.model else resolve_model(card["id"]), result,
+                          f"petdiffusion evaluate synthesize --cohort {args.cohort} --steps "
+                          f"{args.steps} --sr-steps {args.sr_steps} --seeds {args.seeds}")
     return format_result(result)
+
+
+def record_evaluation(model_folder: Path, result: dict, command: str) -> dict:
+    """The figures into the card's "evaluation" (card.json is not part of the hashed weights)."""
+    path = Path(model_folder) / "card.json"
+    if not path.is_file():
+        raise InputError("not a model folder (no card.json)", model_folder)
+    card = json.loads(path.read_text())
+    card["evaluation"] = {"command": command, **result}
+    atomic_write_text(path, json.dumps(card, indent=2) + "\n")
+    return card
 
 
 def format_result(r: dict) -> str:
