@@ -38,7 +38,7 @@ def test_task_spec_is_fetched_once_then_read_from_the_cache(tmp_path):
     again = runner.task_spec("ct-to-pet", cache_dir=tmp_path)
     second = time.monotonic() - t0
     assert again["marker"] == 1 and {p["name"] for p in again["parameters"]} == {p["name"] for p in spec["parameters"]}
-    assert second < 0.1 < first        # a file read, not a new Python process
+    assert second < first / 3          # a file read, not a new Python process
 
 
 def test_spec_cache_key_changes_when_a_task_file_changes(tmp_path):
