@@ -22,7 +22,9 @@ def _inspect(args) -> int:
         elif s.suv_ok:
             suv = "yes"
         else:
-            suv = "no: missing " + ", ".join(s.suv_missing)
+            # tag names from MissingTagError, or the one message of an implausible/malformed header
+            tags = all("(" in m and len(m) < 90 for m in s.suv_missing)
+            suv = ("no: missing " if tags else "no: ") + ", ".join(s.suv_missing)
         spacing = "x".join(f"{v:.3g}" for v in s.spacing) if s.spacing else "?"
         rows.append((s.modality, s.description or "(none)", str(s.n_slices),
                      "x".join(str(v) for v in s.size), spacing, suv, "; ".join(s.problems + s.warnings)))
