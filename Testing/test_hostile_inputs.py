@@ -564,11 +564,14 @@ def test_keep_identity_keeps_the_source_identity_and_says_it_truthfully(identifi
 
 # ------------------------------------------------------------------------ tasks, events, signals
 
-def test_run_refuses_a_2d_image_before_any_work(tmp_path, area, capsys):
-    f = tmp_path / "slice.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((64, 64), np.float32), np.eye(4)), str(f))
+@pytest.mark.parametrize("shape, fragment", [((64, 64), "found a 2D image"),
+                                             ((2, 40, 40, 20), "found a 4D image")])
+def test_run_refuses_2d_and_4d_images_before_any_work(tmp_path, area, capsys, shape, fragment):
+    # issue 19: a traceback from DICOMOrient
+    f = tmp_path / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(f))
     expect_error(["run", "denoise-segment", "--pet", f, "--out", area / "o", "--progress", "none"],
-                 capsys, area, "slice.nii.gz", "found a 2D image")
+                 capsys, area, "odd.nii.gz", fragment)
 
 
 def test_run_out_an_existing_file_is_refused_before_inference(sts_pet_nifti, area, capsys):
