@@ -330,7 +330,8 @@ def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params
              "note": "denoised PET is a model output: research use, not for diagnosis"}
     rep = make_report(ctx.out_dir, outputs["pet_denoised"], outputs["lesions"], outputs["organs"],
                       ctx.manifest_extra["organ_labels"], task=SPEC.id, model_id=card["id"],
-                      model_version=card["version"], synthetic=True, extra=extra)
+                      model_version=card["version"], synthetic=True, extra=extra,
+                      input_pet=images["pet"], input_label="low-count input PET")
     ctx.manifest_extra["task_seconds"] = round(ctx.manifest_extra.get("task_seconds", 0.0)
                                                + time.monotonic() - t0, 2)
     return {k: rep[k] for k in ("lesions_csv", "organs_csv", "summary_json", "report_pdf",
