@@ -269,3 +269,12 @@ def test_a_ray_worker_declares_the_resources_its_device_needs(device, cluster, g
 def test_cuda_workers_on_a_cluster_without_gpus_are_refused():
     with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPU"):
         worker_resources("cuda", {"CPU": 8.0}, 1.0, None)
+
+
+def test_a_model_that_does_not_load_stops_the_batch_with_its_error(tmp_path, capsys, shared_data):
+    csv_path = write_csv(tmp_path / "c.csv", f"id,pet\nSTS_015,{sts(shared_data, 'STS_015')}\n")
+    rc = main(["batch", "denoise-segment", "--inputs", str(csv_path), "--out", str(tmp_path / "out"),
+               "--model", str(tmp_path / "my_model"), "--progress", "none"])
+    assert rc == 2
+    assert f"{tmp_path / 'my_model'}: no such model folder or model id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

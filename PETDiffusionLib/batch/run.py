@@ -123,7 +123,6 @@ def run_batch(task_id: str, cohort_csv: str | Path, out_dir: str | Path, engine:
     spec = task_spec(task_id)
     studies = read_cohort(cohort_csv, spec)
     out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = SummaryTable(out_dir / SUMMARY, [s.id for s in studies], headline.columns(spec))
     bar = BatchProgress(progress, len(studies), stream)
     worker_infos: list[dict] = []

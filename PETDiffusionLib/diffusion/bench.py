@@ -5,14 +5,13 @@ a small MONAI DiffusionModelUNet (untrained: timing does not depend on the weigh
 windows: peak memory of one 3D denoising step (one network call over the whole volume) with and
 without sliding windows, for several volume and window sizes. On CUDA the peak is
 ``torch.cuda.max_memory_allocated``; on the CPU each configuration runs in its own process and the
-peak is that process's maximum resident set size (``os.wait4``) minus a process that builds the
+peak is that process's peak resident set size (``VmHWM``) minus a process that builds the
 same network without running it.
 
 These functions write their tables to stdout: they are the output of a command.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -122,13 +121,15 @@ def _window_step(volume: int, window: int, device: torch.device, run: bool = Tru
 def _child_peak_mb(volume: int, window: int, run: bool) -> float:
     code = ("import sys, torch; torch.set_num_threads(2); "
             "from PETDiffusionLib.diffusion.bench import _window_step; "
-            f"_window_step({volume}, {window}, torch.device('cpu'), {run})")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+            f"_window_step({volume}, {window}, torch.device('cpu'), {run}); "
+            # VmHWM (proc(5)), the child's own peak: ru_maxrss survives exec and, under the vfork
+            # that subprocess uses, starts at the parent's resident size (batch/measure.py)
+            "print([ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0])")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"window benchmark child failed (volume {volume}, window {window})")
-    return usage.ru_maxrss / 1024.0  # Linux: kilobytes
+    return int(out.split()[-1]) / 1024.0  # kilobytes
 
 
 UNWINDOWED_MAX = {"cpu": 48, "cuda": 128}
