@@ -7,7 +7,10 @@ Called as ``net(x, c_noise)`` with ``c_noise = ln(sigma) / 4`` ([B]) and x the c
 pixel normalisation over channels instead of group normalisation (§3: "we normalise ... pixel-wise")
 and a zero-initialised last layer per block, so that each block starts as the identity. Pixel
 normalisation is local, so the network runs window by window (diffusion/windows.py) without any
-global statistic changing between the whole volume and a window.
+global statistic changing between the whole volume and a window: the super-resolution network uses
+it. The global stage always sees the whole 16 mm volume and may use group normalisation instead
+(``norm="group"``): with pixel normalisation the 220-step stage-1 model hardly denoised at low noise
+(RMSE 0.174 after denoising noise of sigma 0.2 on a held-out volume).
 """
 from __future__ import annotations
 
@@ -38,12 +41,23 @@ class FourierNoise(nn.Module):
         return torch.cos(2 * math.pi * (c[:, None].float() * self.freqs + self.phases)) * math.sqrt(2)
 
 
-class ResBlock3d(nn.Module):
-    """pixel-norm -> SiLU -> conv3 -> scale/shift by the noise embedding -> SiLU -> conv3 (zero init)."""
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """"pixel": EDM2's per-voxel norm (local: windowed runs equal whole runs); "group": GroupNorm
+    (Wu & He 2018) over groups of 4 channels and the whole volume (the DDPM/ADM U-Net norm), for a
+    network that always sees the whole volume (stage 1)."""
+    if kind == "pixel":
+        return PixelNorm()
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // 4), channels)
+    raise ValueError(f"norm must be 'pixel' or 'group', not {kind!r}")
 
-    def __init__(self, cin: int, cout: int, emb_dim: int):
+
+class ResBlock3d(nn.Module):
+    """norm -> SiLU -> conv3 -> scale/shift by the noise embedding -> SiLU -> conv3 (zero init)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, norm: str = "pixel"):
         super().__init__()
-        self.norm1, self.norm2 = PixelNorm(), PixelNorm()
+        self.norm1, self.norm2 = make_norm(norm, cin), make_norm(norm, cout)
         self.conv1 = nn.Conv3d(cin, cout, 3, padding=1)
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -68,7 +82,7 @@ class EDMUNet3d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, base: int = 16,
                  mults: tuple[int, ...] | list[int] = (1, 2, 4), emb_dim: int = 64,
-                 full_res_blocks: bool = True):
+                 full_res_blocks: bool = True, norm: str = "pixel"):
         super().__init__()
         self.full_res_blocks = bool(full_res_blocks)
         mults = tuple(int(m) for m in mults)
@@ -77,17 +91,18 @@ class EDMUNet3d(nn.Module):
         self.fourier = FourierNoise(emb_dim)
         self.emb = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.inp = nn.Conv3d(in_channels, chans[0], 3, padding=1)
-        self.enc = nn.ModuleList([ResBlock3d(c, c, emb_dim) for c in chans])
+        self.enc = nn.ModuleList([ResBlock3d(c, c, emb_dim, norm) for c in chans])
         self.down = nn.ModuleList([nn.Conv3d(chans[i], chans[i + 1], 3, stride=2, padding=1)
                                    for i in range(self.levels - 1)])
-        self.mid = ResBlock3d(chans[-1], chans[-1], emb_dim)
+        self.mid = ResBlock3d(chans[-1], chans[-1], emb_dim, norm)
         self.up = nn.ModuleList([nn.Conv3d(chans[i + 1], chans[i], 3, padding=1)
                                  for i in range(self.levels - 1)])
-        self.dec = nn.ModuleList([ResBlock3d(2 * c, c, emb_dim) for c in chans])
+        self.dec = nn.ModuleList([ResBlock3d(2 * c, c, emb_dim, norm) for c in chans])
         if not self.full_res_blocks:
             self.enc[0], self.dec[0] = nn.Identity(), nn.Identity()
-        self.out_norm = PixelNorm()
-        self.out = nn.Conv3d(chans[0] * (1 if self.full_res_blocks else 2), out_channels, 3, padding=1)
+        c_out = chans[0] * (1 if self.full_res_blocks else 2)
+        self.out_norm = make_norm(norm, c_out)
+        self.out = nn.Conv3d(c_out, out_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -110,9 +125,9 @@ class EDMUNet3d(nn.Module):
 
 
 def unet_spec(in_channels: int, out_channels: int, base: int, mults, emb_dim: int = 64,
-              full_res_blocks: bool = True) -> dict:
+              full_res_blocks: bool = True, norm: str = "pixel") -> dict:
     """The card entry ``{"class", "args"}`` that ``models.card.build_network`` rebuilds."""
     return {"class": "PETDiffusionLib.methods.totalgen.networks.EDMUNet3d",
             "args": {"in_channels": int(in_channels), "out_channels": int(out_channels),
                      "base": int(base), "mults": [int(m) for m in mults], "emb_dim": int(emb_dim),
-                     "full_res_blocks": bool(full_res_blocks)}}
+                     "full_res_blocks": bool(full_res_blocks), "norm": str(norm)}}

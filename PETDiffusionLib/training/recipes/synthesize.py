@@ -46,9 +46,11 @@ N_POS = 3
 def network_specs(cfg: dict) -> dict[str, dict]:
     g, s = cfg["global"], cfg["sr"]
     n_data = 2 + len(ORGAN_CHANNELS)
-    return {"global": unet_spec(n_data + N_DEMO, n_data, g["base"], g["mults"]),
+    return {"global": unet_spec(n_data + N_DEMO, n_data, g["base"], g["mults"],
+                                norm=g.get("norm", "pixel")),
             "sr": unet_spec(2 + 2 + N_POS + N_DEMO, 2, s["base"], s["mults"],
-                            full_res_blocks=bool(s.get("full_res_blocks", False)))}
+                            full_res_blocks=bool(s.get("full_res_blocks", False)),
+                            norm=s.get("norm", "pixel"))}
 
 
 def _trainer(cfg: dict, block: dict, folder: Path, name: str, net, loss_fn, batch_fn,
