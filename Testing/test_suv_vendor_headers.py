@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from PETDiffusionLib.errors import InputError, MissingTagError
-from PETDiffusionLib.physics.suv import (bsa_dubois_m2, lbm_janmahasatian_kg, suv_factor)
+from PETDiffusionLib.physics.suv import bsa_dubois_m2, lbm_janmahasatian_kg, suv_factor
+from PETDiffusionLib.physics.suv_rules import SUVLimits
 
 RADIOPHARM_KEYWORDS = {"RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime",
                        "RadionuclideTotalDose", "RadionuclideHalfLife"}
@@ -148,3 +149,41 @@ def test_manual_overrides_replace_missing_weight_dose_and_injection_time():
 def test_units_that_cannot_become_suv_are_refused():
     with pytest.raises(InputError, match="PROPCPS"):
         suv_factor(_bqml_header(Units="PROPCPS"))
+
+
+# ------------------------------------------------------------------ plausibility rules (issue 19)
+
+def test_the_decay_interval_limit_is_configurable():
+    late = _bqml_header(RadiopharmaceuticalStartTime="030000")  # 8 h before the scan
+    with pytest.raises(InputError, match="480.0 min, outside the plausible 0-360 min"):
+        suv_factor(late)
+    f = suv_factor(late, limits=SUVLimits(max_decay_minutes=600))
+    assert (f.reference_time - f.injection_time).total_seconds() == 8 * 3600
+
+
+def test_every_frame_is_checked_with_decay_correction_none():
+    early = _bqml_header(DecayCorrection="NONE", ActualFrameDuration="600000",
+                         AcquisitionTime="095000")  # 10 min before the injection at 10:00
+    with pytest.raises(InputError, match=r"/study/pet: RadiopharmaceuticalStartTime \(0018,1072\) "
+                                         r"10:00:00 is 10.0 min after the scan reference"):
+        suv_factor(early, path="/study/pet")
+    frames = [_bqml_header(DecayCorrection="NONE", ActualFrameDuration="600000",
+                           AcquisitionTime=t) for t in ("110000", "173000")]  # 7.5 h p.i.
+    with pytest.raises(InputError, match="a frame's AcquisitionDate/Time .* is 450.0 min"):
+        suv_factor(frames, path="/study/pet")
+
+
+def test_a_weight_in_grams_is_still_read_as_grams_and_then_checked():
+    f = suv_factor(_bqml_header(PatientWeight="70000"))
+    assert f.weight_kg == 70 and any("taken as grams" in w for w in f.warnings)
+    with pytest.raises(InputError, match=r"PatientWeight \(0010,1030\) 700 kg \(PatientWeight "
+                                         r"700000 read as grams\) is implausible"):
+        suv_factor(_bqml_header(PatientWeight="700000"))
+
+
+def test_a_forced_decay_interval_replaces_the_header_times():
+    ref = suv_factor(_bqml_header())
+    f = suv_factor(_bqml_header(RadiopharmaceuticalStartTime="113000"),
+                   overrides={"force_decay_minutes": 60})
+    assert f.factor == pytest.approx(ref.factor, rel=1e-12)
+    assert "forced to 60 min" in f.rule
