@@ -58,7 +58,7 @@ class LowDosePETRestorationParameterNode:
     inputCT: vtkMRMLScalarVolumeNode
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     startFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
-    samples: Annotated[int, WithinRange(1, 32)] = 4
+    samples: Annotated[int, WithinRange(1, 32)] = 2
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     modelPath: str = ""   # a model folder of one's own; empty = the shipped model

@@ -57,6 +57,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                              "are scored with the CT guide against the real PET")
     parser.add_argument("--real-split", default="validation")
     parser.add_argument("--skip-simulated", action="store_true", help="only the real cohort")
+    parser.add_argument("--slabs", type=int, default=0,
+                        help="score N slabs of --slab-slices axial slices per simulated case, evenly "
+                             "spaced over the body (0: the whole volume); a CPU budget")
+    parser.add_argument("--slab-slices", type=int, default=16)
     parser.add_argument("--out", default="runs/restore/evaluation.json", help="JSON of all figures")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -100,20 +104,24 @@ def evaluate_cases(items: list[dict], models: dict, args, fractions) -> dict:
     gauss_all: dict[int, dict[float, list]] = {f: {w: [] for w in GAUSS_FWHM_MM} for f in fractions}
     detail = []
     for it in items:
-        ref, mask = it["target"], body_mask(it["target"])
+        zs = it.get("score", slice(None))
+        ref = it["target"][zs]
+        mask = body_mask(ref)
+
+        def sc(test):
+            return scores(ref, test[zs], mask)
         for f in fractions:
             low = it["lows"][f]
-            row = {"case": it["name"], "guide": it["modality"], "fraction": f,
-                   "low": scores(ref, low, mask)}
+            row = {"case": it["name"], "guide": it["modality"], "fraction": f, "low": sc(low)}
             for w in GAUSS_FWHM_MM:
-                gauss_all[f][w].append(scores(ref, gaussian(low, w, it["spacing"]), mask))
+                gauss_all[f][w].append(sc(gaussian(low, w, it["spacing"])))
             for label, model in models.items():
                 s = resolve_settings({"steps": args.steps, "start_fraction": args.start_fraction,
                                       "samples": args.samples, "seed": 0}, model.card)
                 t0 = time.monotonic()
                 mean, _ = restore_arrays(low, it["guide"], it["modality"], model, s["steps"],
                                          s["start_fraction"], s["samples"], s["seed"])
-                row[label] = scores(ref, mean, mask)
+                row[label] = sc(mean)
                 row[label]["seconds"] = round(time.monotonic() - t0, 1)
             detail.append(row)
             log.info("%s %s %d%%: %s", it["name"], it["modality"], f,
@@ -129,6 +137,31 @@ def evaluate_cases(items: list[dict], models: dict, args, fractions) -> dict:
     return {"summary": summary, "cases": detail}
 
 
+def slab_ranges(target: np.ndarray, n: int, length: int) -> list[slice]:
+    """``n`` slabs of ``length`` slices centred at evenly spaced quantiles of the body's z range."""
+    zs = np.nonzero(body_mask(target).any((1, 2)))[0]
+    lo, hi = (int(zs.min()), int(zs.max())) if zs.size else (0, target.shape[0] - 1)
+    centres = [lo + (hi - lo) * (i + 1) / (n + 1) for i in range(n)]
+    out = []
+    for c in centres:
+        z0 = int(np.clip(round(c - length / 2), 0, max(0, target.shape[0] - length)))
+        out.append(slice(z0, z0 + length))
+    return out
+
+
+def _slab_items(item: dict, slabs: list[slice], spacing) -> list[dict]:
+    """Each slab with one slice of context on either side (2.5D input), scored without it."""
+    out = []
+    for sl in slabs:
+        a, b = max(0, sl.start - 1), min(item["target"].shape[0], sl.stop + 1)
+        out.append({**item, "name": f"{item['name']}[z{sl.start}:{sl.stop}]",
+                    "target": item["target"][a:b], "guide": item["guide"][a:b],
+                    "lows": {f: v[a:b] for f, v in item["lows"].items()},
+                    "score": slice(sl.start - a, (sl.start - a) + (sl.stop - sl.start)),
+                    "spacing": spacing})
+    return out
+
+
 def simulated_items(args, guides) -> list[dict]:
     dirs = list_cases(args.cohort, require=("pet_ac.nii.gz",))
     if args.max_cases:
@@ -140,8 +173,10 @@ def simulated_items(args, guides) -> list[dict]:
         target = _read(d / "pet_ac.nii.gz")
         lows = {f: np.clip(_read(d / f"pet_low_{f}.nii.gz"), 0, None) for f in fr}
         for g in guides:
-            items.append({"name": d.name, "target": target, "lows": lows, "modality": g,
-                          "guide": _read(d / GUIDE_FILES[g]), "spacing": sp})
+            it = {"name": d.name, "target": target, "lows": lows, "modality": g,
+                  "guide": _read(d / GUIDE_FILES[g]), "spacing": sp}
+            items += _slab_items(it, slab_ranges(target, args.slabs, args.slab_slices), sp) \
+                if args.slabs else [it]
     return items
 
 
@@ -160,18 +195,20 @@ def real_items(args) -> list[dict]:
     return items
 
 
-def steps_curve(items: list[dict], model, steps_list, starts, fraction: int) -> list[dict]:
+def steps_curve(items: list[dict], model, steps_list, starts, fraction: int,
+                samples: int = 1) -> list[dict]:
     out = []
     for start in starts:
         for st in steps_list:
             rows = []
             t0 = time.monotonic()
             for it in items:
-                ref, mask = it["target"], body_mask(it["target"])
+                zs = it.get("score", slice(None))
+                ref = it["target"][zs]
                 mean, _ = restore_arrays(it["lows"][fraction], it["guide"], it["modality"], model,
-                                         st, start, 1, 0)
-                rows.append(scores(ref, mean, mask))
-            out.append({"steps": st, "start_fraction": start, "fraction": fraction,
+                                         st, start, samples, 0)
+                rows.append(scores(ref, mean[zs], body_mask(ref)))
+            out.append({"steps": st, "start_fraction": start, "fraction": fraction, "samples": samples,
                         "seconds_per_volume": round((time.monotonic() - t0) / len(items), 1),
                         **{k: v["mean"] for k, v in _mean(rows).items()}})
             log.info("curve: %s", out[-1])
@@ -199,11 +236,11 @@ def evaluate(args) -> int:
                 [resolve_settings({}, model.card)["start_fraction"]]
             sub = [it for it in items if it["modality"] == guides[0]][:args.curve_cases]
             result["steps_curve"] = steps_curve(sub, model, [int(s) for s in args.curve.split(",")],
-                                                starts, min(fractions))
+                                                starts, min(fractions), args.samples)
     if args.real_cohort:
         items = real_items(args)
         result["real"] = {"cohort": args.real_cohort, "split": args.real_split,
-                          "cases": sorted({it["name"] for it in items}),
+                          "case_ids": sorted({it["name"] for it in items}),
                           **evaluate_cases(items, models, args, fractions)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

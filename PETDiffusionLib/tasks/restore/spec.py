@@ -35,8 +35,9 @@ SPEC = TaskSpec(
                   "model card's default, chosen from its steps curve)", minimum=0, maximum=1000),
         Parameter("start_fraction", float, DEFAULT_START, "noise level the low-dose input is "
                   "noised to, as a fraction of T (0: the card's default)", minimum=0.0, maximum=1.0),
-        Parameter("samples", int, 4, "number of samples: the output is their mean, "
-                  "pet_restored_sd their per-voxel standard deviation", minimum=1, maximum=32),
+        Parameter("samples", int, 2, "number of samples: the output is their mean, "
+                  "pet_restored_sd their per-voxel standard deviation (2: the fewest that give "
+                  "one; each sample costs one sampling run)", minimum=1, maximum=32),
         Parameter("seed", int, 0, "random seed (same seed, same device: same output)", minimum=0),
     ),
     outputs=(
