@@ -48,7 +48,7 @@ class DualTimePointACParameterNode:
     inputCT: vtkMRMLScalarVolumeNode
     firstPET: vtkMRMLScalarVolumeNode
     k: Annotated[int, WithinRange(1, 5)] = 2
-    steps: Annotated[int, WithinRange(1, 1000)] = 10
+    steps: Annotated[int, WithinRange(2, 1000)] = 2
     samples: Annotated[int, WithinRange(1, 32)] = 1
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     lesionThreshold: Annotated[float, WithinRange(0.5, 50.0)] = 2.5

@@ -9,6 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from PETDiffusionLib.batch.measure import count_forward_calls
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.io.images import read_image, write_image
 from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
@@ -45,10 +46,11 @@ def bench(args) -> dict:
         load_s = time.monotonic() - t0
         times = []
         for r in range(repeat):
-            t0 = time.monotonic()
-            run_task(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
-                     device=device_arg, model=model)
-            times.append(time.monotonic() - t0)
+            with count_forward_calls(model) as counts:
+                t0 = time.monotonic()
+                run_task(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
+                         device=device_arg, model=model)
+                times.append(time.monotonic() - t0)
     return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
             "nac": f"{NAC_SIZE}x{NAC_SIZE}x{N_SLICES} at {FOV_MM / NAC_SIZE}x{FOV_MM / NAC_SIZE}x"
                    f"{AXIAL_MM / N_SLICES} mm", "ct": f"{CT_SIZE}x{CT_SIZE}x{N_SLICES} at "
@@ -57,4 +59,8 @@ def bench(args) -> dict:
             "seconds_per_volume": round(min(times), 2),
             "seconds_how": "run_task end to end (read NAC and CT, checks, working grids, matching, "
                            "encode, DDIM, decode, resample, write); fastest of --repeat runs; model load excluded",
-            "model_load_seconds": round(load_s, 2), "limit_seconds": 180}
+            "model_load_seconds": round(load_s, 2), "limit_seconds": 180,
+            "network_evaluations": sum(c["calls"] for c in counts.values()),
+            "evaluations_by_network": counts,
+            "evaluations_how": "forward hooks on the loaded networks: calls (each on a batch of slices) "
+                               "and items (slices evaluated)"}

@@ -50,7 +50,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", default="runs/stmdiff/train/models",
                         help="folder with stmdiff-unet, stmdiff-k0, stmdiff-k1, stmdiff-k3")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the card's)")
-    parser.add_argument("--curve", default="1,2,5,10,20,50", help="steps of the quality-vs-steps curve")
+    parser.add_argument("--curve", default="2,5,10,20,50", help="steps of the quality-vs-steps curve")
     parser.add_argument("--curve-cases", type=int, default=2)
     parser.add_argument("--max-cases", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)

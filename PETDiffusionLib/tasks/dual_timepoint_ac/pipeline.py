@@ -52,6 +52,10 @@ NAC_BODY_MEAN_MAX_SUV = 0.45
 """... and by its level: a NAC in SUV units reads far below the true SUV in the body (PHYSICS.md
 §4.1; held-out phantoms: NAC body mean 0.11-0.19 SUV, AC 0.76-1.13), so a body mean above 0.45
 SUV is an AC image or a NAC rescaled toward one, which the task's contract excludes."""
+NAC_PROFILE_LEVEL_SUV = 0.3
+"""The profile alone is not decisive (a simulated NAC read 1.66: hot organs fill its core), so an
+AC-like profile is refused only together with a level above 0.3 SUV, itself above every NAC
+body mean measured (0.11-0.20) and below every AC one (0.76-1.13)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,12 +118,14 @@ def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -
     nac_w = working_nac(images["nac"], WORKING_SPACING_MM)
     arr = sitk.GetArrayFromImage(nac_w)
     prof = nac_profile(arr)
-    if prof["core_rim_ratio"] > AC_PROFILE_RATIO or prof["body_mean"] > NAC_BODY_MEAN_MAX_SUV:
+    ac_profile = prof["core_rim_ratio"] > AC_PROFILE_RATIO and prof["body_mean"] > NAC_PROFILE_LEVEL_SUV
+    if ac_profile or prof["body_mean"] > NAC_BODY_MEAN_MAX_SUV:
         raise InputError(
             f"this looks like an attenuation-corrected PET, not a NAC: body core/rim ratio "
             f"{prof['core_rim_ratio']:.2f} (a NAC has a depressed centre and bright skin, ratio <= "
-            f"{AC_PROFILE_RATIO}) or body mean {prof['body_mean']:.2f} SUV (a NAC in SUV units reads "
-            f"far below the true SUV, <= {NAC_BODY_MEAN_MAX_SUV}); give the scanner's NAC "
+            f"{AC_PROFILE_RATIO}) and body mean {prof['body_mean']:.2f} SUV (a NAC in SUV units reads "
+            f"far below the true SUV: <= {NAC_BODY_MEAN_MAX_SUV}, or <= {NAC_PROFILE_LEVEL_SUV} with an "
+            "AC-like profile); give the scanner's NAC "
             "reconstruction of the delayed scan, in SUV, not rescaled", nac_name)
     n0, n1 = axial_range(sitk.DICOMOrient(images["nac"], "LPS"))
     c0, c1 = axial_range(sitk.DICOMOrient(images["ct"], "LPS"))

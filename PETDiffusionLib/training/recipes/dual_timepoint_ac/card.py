@@ -69,7 +69,7 @@ def model_card(cfg: dict, model_id: str, k: int, lat: dict, stages: dict, comman
             "pet": "AC: 2 log(1+SUV)/log(11) - 1; NAC: the same of NAC_GAIN x NAC (SUV units)",
             "nac_gain": NAC_GAIN},
         "diffusion": {"kind": "latent_ddim", "num_train_timesteps": cfg["diffusion"]["num_train_timesteps"],
-                      "schedule": cfg["diffusion"]["schedule"], "prediction": "epsilon",
+                      "schedule": cfg["diffusion"]["schedule"], "prediction": cfg["diffusion"].get("prediction", "epsilon"),
                       "default_steps": int(cfg.get("default_steps", 10)), "sampler": "ddim (eta 0: ODE)"},
         "matching": {"loss": f"symmetric InfoNCE (Eq. 1, s = -L1 of unit latents, tau = {TAU}) + contour Dice (Eq. 2)",
                      "training_retrieval_top_k": lat.get("training_retrieval_top_k")},

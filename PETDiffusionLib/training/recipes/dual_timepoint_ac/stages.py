@@ -7,7 +7,8 @@
     latents      (no training) latents of every slice (scaled to unit std), G2 features of every CT
                  slice and the top-k matched CT slices of every NAC slice (first and delayed scan)
     diffusion:kK eps_theta on the latent grid, condition = cat(G2 features of the top-K CT slices,
-                 NAC latent) (Eq. 6), linear schedule T = 1000, L2 (Eq. 5); K = 0 is the ablation
+                 NAC latent) (Eq. 6), linear schedule T = 1000, L2 on the config's ``prediction``
+                 target (Eq. 5: epsilon; "sample" = x0, see configs/dual_timepoint_ac.json); K = 0 is the ablation
                  without CT prior (STMDiff Fig. 5), K = 1..3 the k ablation
     unet         the NAC -> AC U-Net baseline (Table 1) in image space, the same steps and batch
 
@@ -181,7 +182,7 @@ def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Pat
     cases = [{key: torch.from_numpy(v) if key in ("feats", "ac", "nac", "dac", "dnac") else v
               for key, v in np.load(f).items()} for f in files]
     net = build_network(network_specs(cfg)[f"diffusion:k{k}"])
-    diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], "epsilon")
+    diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
 
     def batch_fn(step: int, rng: np.random.Generator):
         x0, cond = [], []
