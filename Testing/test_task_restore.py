@@ -247,3 +247,19 @@ def test_real_sarcoma_pet_ct_pair_passes_the_guide_checks():
     assert prepared["modality"] == "ct"
     assert prepared["overlap"]["body_covered_fraction"] > 0.9     # the CT crop is a little smaller
     assert prepared["overlap"]["body_dice"] > pipeline.MIN_BODY_DICE + 0.2
+
+
+def test_shipped_models_load_and_their_cards_carry_the_measured_figures():
+    model = pipeline.load_model(None, "cpu")
+    card = model.card
+    assert card["id"] == "mfdiff-2p5d" and card["task"] == "restore"
+    assert set(model.nets) == {"fusion", "denoiser"}
+    assert card["inference"] == {"sampler": "ddim", "steps": 3, "start_fraction": 0.2, "slice_batch": 16}
+    assert card["training"]["command"] == "petdiffusion train restore --config configs/restore.json"
+    real = card["evaluation"]["real_sarcoma_held_apart"]
+    assert real["figures"]["5%"]["two_stage"]["nrmse"] < real["figures"]["5%"]["external"]["nrmse"]
+    assert "STS_015" in card["training"]["data"]["held_apart"]
+    n_params = sum(p.numel() for net in model.nets.values() for p in net.parameters())
+    assert 200_000 < n_params < 2_000_000
+    ext = pipeline.load_model("mfdiff-2p5d-external", "cpu")
+    assert ext.card["training"]["stage"] == "external"

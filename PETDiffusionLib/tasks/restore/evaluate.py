@@ -21,11 +21,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
+from skimage.restoration import denoise_nl_means
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
 from PETDiffusionLib.phantom.cohort import cases_in_split, list_cases
 from PETDiffusionLib.quant.metrics import nmse, nrmse, psnr, ssim3d
+from PETDiffusionLib.tasks.registry import task_part
 from PETDiffusionLib.tasks.restore.pipeline import body_mask, load_model, resolve_settings, restore_arrays
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ GAUSS_FWHM_MM = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 """FWHM grid of the Gaussian baseline (clinical PET post-filters are 4-8 mm; MFdiff's OOD data
 used 5 mm, Sec. 4.3.1)."""
 FWHM_PER_SIGMA = 2.3548          # 2 sqrt(2 ln 2)
+NLM_H_FACTORS = (0.6, 1.0, 1.5)
+"""Non-local means (Buades et al. 2005; skimage, 3x3x3 patches, search distance 5): filter strength
+h = factor x the noise SD estimated from the image (median absolute deviation of the residual to a
+3x3x3 mean, inside the body, x 1.4826 for a normal SD), the factor tuned per count level on the
+evaluated cases like the Gaussian's FWHM."""
 GUIDE_FILES = {"mr": "mr_t1.nii.gz", "ct": "ct.nii.gz"}
 
 
@@ -57,6 +64,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                              "are scored with the CT guide against the real PET")
     parser.add_argument("--real-split", default="validation")
     parser.add_argument("--skip-simulated", action="store_true", help="only the real cohort")
+    parser.add_argument("--nlm", action="store_true", help="add a tuned non-local means row")
+    parser.add_argument("--denoise-segment", default="",
+                        help="add the denoise-segment task's denoised PET (no guide) as a row: its "
+                             "model folder or shipped id (e.g. amdiff-sts-2p5d)")
     parser.add_argument("--slabs", type=int, default=0,
                         help="score N slabs of --slab-slices axial slices per simulated case, evenly "
                              "spaced over the body (0: the whole volume); a CPU budget")
@@ -98,10 +109,33 @@ def _models(spec: str) -> dict[str, tuple]:
     return out
 
 
+def noise_sd(img: np.ndarray) -> float:
+    res = img - ndimage.uniform_filter(img, 3)
+    r = res[body_mask(img)]
+    return float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size else 0.0
+
+
+def nlm(low: np.ndarray, factor: float) -> np.ndarray:
+    sigma = noise_sd(low)
+    return denoise_nl_means(low, patch_size=3, patch_distance=5, h=factor * max(sigma, 1e-6),
+                            sigma=sigma, fast_mode=True)
+
+
+def denoise_segment_row(low: np.ndarray, ct: np.ndarray | None, spacing, model) -> np.ndarray:
+    """The denoise-segment task's denoised PET (its default settings, no guide) on the same grid."""
+    ref = sitk.GetImageFromArray(low.astype(np.float32))
+    ref.SetSpacing(tuple(float(s) for s in spacing))
+    nets, card = model
+    out = task_part("denoise-segment", "pipeline").denoise_segment_image(ref, None, nets, card, {})
+    return sitk.GetArrayFromImage(out["pet_denoised"])
+
+
 def evaluate_cases(items: list[dict], models: dict, args, fractions) -> dict:
     """items: {"name", "target", "lows" {f: arr}, "guide", "modality", "spacing"} per case+guide."""
-    per: dict[str, dict[int, list]] = {}
     gauss_all: dict[int, dict[float, list]] = {f: {w: [] for w in GAUSS_FWHM_MM} for f in fractions}
+    nlm_all: dict[int, dict[float, list]] = {f: {h: [] for h in NLM_H_FACTORS} for f in fractions}
+    ds_model = (task_part("denoise-segment", "pipeline").load_model(args.denoise_segment, "cpu")
+                if args.denoise_segment else None)
     detail = []
     for it in items:
         zs = it.get("score", slice(None))
@@ -115,6 +149,11 @@ def evaluate_cases(items: list[dict], models: dict, args, fractions) -> dict:
             row = {"case": it["name"], "guide": it["modality"], "fraction": f, "low": sc(low)}
             for w in GAUSS_FWHM_MM:
                 gauss_all[f][w].append(sc(gaussian(low, w, it["spacing"])))
+            if args.nlm:
+                for h in NLM_H_FACTORS:
+                    nlm_all[f][h].append(sc(nlm(low, h)))
+            if ds_model is not None:
+                row["denoise_segment"] = sc(denoise_segment_row(low, None, it["spacing"], ds_model))
             for label, model in models.items():
                 s = resolve_settings({"steps": args.steps, "start_fraction": args.start_fraction,
                                       "samples": args.samples, "seed": 0}, model.card)
@@ -130,8 +169,14 @@ def evaluate_cases(items: list[dict], models: dict, args, fractions) -> dict:
     for f in fractions:
         best = min(GAUSS_FWHM_MM, key=lambda w: np.mean([r["nmse"] for r in gauss_all[f][w]]))
         rows = [r for r in detail if r["fraction"] == f]
+        extra = {}
+        if args.nlm:
+            h = min(NLM_H_FACTORS, key=lambda k: np.mean([r["nmse"] for r in nlm_all[f][k]]))
+            extra["nlm"] = {**_mean(nlm_all[f][h]), "h_factor": h}
+        if ds_model is not None:
+            extra["denoise_segment"] = _mean([r["denoise_segment"] for r in rows])
         summary[f"{f}%"] = {"low": _mean([r["low"] for r in rows]),
-                            "gaussian": {**_mean(gauss_all[f][best]), "fwhm_mm": best},
+                            "gaussian": {**_mean(gauss_all[f][best]), "fwhm_mm": best}, **extra,
                             **{label: _mean([{k: v for k, v in r[label].items() if k != "seconds"}
                                              for r in rows]) for label in models}}
     return {"summary": summary, "cases": detail}
@@ -255,7 +300,8 @@ def summary_text(result: dict, out: Path) -> str:
         for lvl, rows in result.get(part, {}).get("summary", {}).items():
             lines.append(f"{part} {lvl} counts")
             for k, v in rows.items():
-                extra = f"  (FWHM {v['fwhm_mm']:g} mm)" if "fwhm_mm" in v else ""
+                extra = f"  (FWHM {v['fwhm_mm']:g} mm)" if "fwhm_mm" in v else \
+                    (f"  (h = {v['h_factor']:g} sigma)" if "h_factor" in v else "")
                 lines.append(f"  {k:<14} PSNR {v['psnr']['mean']:6.2f} dB  SSIM {v['ssim']['mean']:.4f}"
                              f"  NMSE {v['nmse']['mean']:.4f}  NRMSE {v['nrmse']['mean']:.4f}{extra}")
     for c in result.get("steps_curve", []):
