@@ -11,6 +11,7 @@ import torch
 
 from PETDiffusionLib.batch.measure import count_forward_calls
 from PETDiffusionLib.device import choose_device
+from PETDiffusionLib.diffusion.ddpm import DEFAULT_STEPS
 from PETDiffusionLib.io.images import read_image, write_image
 from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import SPEC
@@ -21,6 +22,7 @@ FOV_MM, AXIAL_MM = 512.0, 800.0  # the simulator's field of view (phantom/case.p
 TITLE = (f"dual-timepoint-ac: a {NAC_SIZE}x{NAC_SIZE}x{N_SLICES} delayed NAC with a "
          f"{CT_SIZE}x{CT_SIZE}x{N_SLICES} first CT -> delayed AC PET, shipped STMDiff, default steps")
 BENCH_SEED = 424245
+PAPER_STEPS = DEFAULT_STEPS["ddim"]  # the paper gives no step count (see bench()['paper'])
 
 
 def upsampled(img: sitk.Image, size: int, slices: int, default: float) -> sitk.Image:
@@ -51,7 +53,15 @@ def bench(args) -> dict:
                 run_task(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
                          device=device_arg, model=model)
                 times.append(time.monotonic() - t0)
+    n_work = int(round(AXIAL_MM / float(model[1]["preprocessing"]["working_spacing_mm"][2])))
     return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
+            "volume": f"NAC {NAC_SIZE}x{NAC_SIZE}x{N_SLICES}, CT {CT_SIZE}x{CT_SIZE}x{N_SLICES} "
+                      "(a simulated phantom resampled up)",
+            "paper": {"steps": PAPER_STEPS, "evaluations_per_volume": n_work * PAPER_STEPS,
+                      "evaluations_how": f"{n_work} working-grid slices x {PAPER_STEPS} denoiser calls",
+                      "source": "STMDiff §3 samples with an ODE (DDIM) solver from a linear schedule of "
+                                "T = 1000 but states no step count; 50 is the DDIM default here "
+                                "(diffusion/ddpm.DEFAULT_STEPS, Song et al. 2021 Table 1)"},
             "nac": f"{NAC_SIZE}x{NAC_SIZE}x{N_SLICES} at {FOV_MM / NAC_SIZE}x{FOV_MM / NAC_SIZE}x"
                    f"{AXIAL_MM / N_SLICES} mm", "ct": f"{CT_SIZE}x{CT_SIZE}x{N_SLICES} at "
                    f"{FOV_MM / CT_SIZE}x{FOV_MM / CT_SIZE}x{AXIAL_MM / N_SLICES} mm",
