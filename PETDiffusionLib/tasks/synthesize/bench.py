@@ -39,7 +39,10 @@ def bench(args) -> dict:
     diff = model[1]["diffusion"]
     best = min(times)
     return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
-            "output": f"{'x'.join(map(str, HR_SHAPE[::-1]))} voxels at {HR_SPACING_MM} mm",
+            "volume": f"{'x'.join(map(str, HR_SHAPE[::-1]))} voxels at {HR_SPACING_MM} mm output "
+                      f"(one synthetic subject; budget {BUDGET_SECONDS:.0f} s: "
+                      f"{'within' if best <= BUDGET_SECONDS else 'OVER'})",
+            "seconds_per_volume": round(best, 2),
             "steps": SPEC.parameter("steps").default, "sr_steps": SPEC.parameter("sr_steps").default,
             "card_default_steps": [diff.get("default_steps"), diff.get("default_sr_steps")],
             "seconds_per_subject": round(best, 2), "budget_seconds": BUDGET_SECONDS,
@@ -48,4 +51,5 @@ def bench(args) -> dict:
                            "fastest of --repeat runs; model load excluded",
             "model_load_seconds": round(load_s, 2),
             "network_evaluations": sum(c["calls"] for c in counts.values()),
-            "evaluations_by_network": counts}
+            "evaluations_by_network": counts,
+            "evaluations_how": "forward hooks on the loaded networks (stage 2: one call per z-chunk)"}
