@@ -75,7 +75,11 @@ def bench(args=None) -> dict:
                                     Path(tmp) / f"out{r}", device=device_arg, model=model)
                 times.append(time.monotonic() - t0)
         inference = json.loads(manifest.read_text()).get("inference", {})
-    return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
+    return {"title": TITLE,
+            "volume": f"PET {'x'.join(map(str, PET_SHAPE_ZYX[::-1]))} voxels at "
+                      f"{'x'.join(map(str, PET_SPACING_XYZ))} mm + CT {'x'.join(map(str, CT_SHAPE_ZYX[::-1]))}"
+                      f" at {'x'.join(map(str, CT_SPACING_XYZ))} mm (analytic body)",
+            "device": str(device), "torch_threads": torch.get_num_threads(),
             "steps": inference.get("steps"), "samples": inference.get("samples"),
             "start_fraction": inference.get("start_fraction"),
             "working_size": inference.get("working_size"),
