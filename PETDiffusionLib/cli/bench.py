@@ -80,22 +80,23 @@ def machine() -> dict:
 
 
 def format_task(task: str, f: dict) -> str:
-    if "text" in f and "seconds_per_volume" not in f:
-        return f["text"]
+    """A task's figures as text; tolerant of a bench.py that returns fewer figures."""
+    if "seconds_per_volume" not in f:
+        return f.get("text") or f"{task}: {json.dumps(f, default=str)}"
     lines = [f"{task}: {f.get('volume', '')}",
              f"  seconds per volume: {f['seconds_per_volume']:.1f} s on {f.get('device', '?')} "
              f"({f.get('torch_threads', '?')} torch thread(s))",
              f"  network evaluations per volume: {f.get('network_evaluations', '?')} "
              f"({f.get('evaluations_by_network', {})}; {f.get('evaluations_how', '')})",
              f"  peak resident memory: {f.get('peak_rss_mb', 0):.0f} MB"]
-    paper = f.get("paper")
+    paper = f.get("paper") or {}
     if paper:
+        per_eval = paper.get("seconds_per_evaluation_here")
         lines.append(f"  paper's sampler: {paper.get('steps')} steps; "
                      f"{paper.get('evaluations_per_volume', '?')} network evaluations per volume"
-                     + (f"; {paper['seconds_per_evaluation_here'] * 1e3:.0f} ms per evaluation here"
-                        f" (~{paper['seconds_per_volume_here']:.0f} s per volume)"
-                        if paper.get("seconds_per_evaluation_here") else
-                        "; network not measured here (" + paper.get("network", "unknown") + ")"))
+                     + (f"; {per_eval * 1e3:.0f} ms per evaluation here"
+                        f" (~{paper.get('seconds_per_volume_here', 0):.0f} s per volume)" if per_eval
+                        else f"; network not measured here ({paper.get('network', 'unknown')})"))
     return "\n".join(lines)
 
 
