@@ -22,6 +22,7 @@ from PETDiffusionLib.diffusion.windows import WindowedNet
 from PETDiffusionLib.methods.totalgen.data import HR_SHAPE, HR_SPACING_MM, LR_SHAPE, ORGAN_CHANNELS
 from PETDiffusionLib.methods.totalgen.intensities import (demographic_channels, demographic_vector,
                                                           position_channels, unit_to_ct, unit_to_pet)
+from PETDiffusionLib.physics.attenuation import BODY_HU
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ FAT_HU = (-190.0, -30.0)
 fat at -50..-100 HU)."""
 BONE_HU = 200.0
 """Bone above 200 HU (PHYSICS.md §5: cancellous bone about 300 HU, cortical 700-3000 HU)."""
-BODY_HU = -500.0
-"""Body outline: above -500 HU (the lower end of TotalGen's CT window, seed §2.2)."""
+# Body outline: above BODY_HU = -500 HU (physics.attenuation, docs/PHYSICS.md §7; also the lower end
+# of TotalGen's CT window, seed §2.2)
 
 OUTPUT_LABELS: dict[int, str] = {
     **{k + 1: name for k, (name, _) in enumerate(ORGAN_CHANNELS)},
