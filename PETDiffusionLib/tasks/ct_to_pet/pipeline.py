@@ -28,6 +28,7 @@ import torch
 from PETDiffusionLib.diffusion.bridge import BrownianBridge
 from PETDiffusionLib.diffusion.windows import run_slicewise
 from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.io.checks import check_ct_hu
 from PETDiffusionLib.io.dicom import KVP_KEY  # the DICOM reader's record of KVP (0018,0060)
 from PETDiffusionLib.io.images import (array_and_image, get_units, resample_to, same_grid,
                                        to_working_grid)
@@ -55,24 +56,8 @@ SAMPLE_CHUNK = 256  # slices per bridge call (memory of 256 latent slices, any v
 def check_ct(ct: sitk.Image, path: str | None) -> np.ndarray:
     """Refuse NaNs, PET volumes and non-HU data with a message naming the file; returns the array."""
     name = path or "ct"
-    units = get_units(ct)
-    if units and units not in ("HU",):
-        raise InputError(f"the CT input is labelled {units!r}, not HU: is this a PET? ct-to-pet needs "
-                         "a CT in Hounsfield units", name)
-    arr = sitk.GetArrayViewFromImage(ct)
-    if arr.size == 0 or min(ct.GetSize()) < 1:
-        raise InputError("the CT is empty", name)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        raise InputError(f"the CT holds {int((~finite).sum())} NaN or infinite voxels", name)
-    lo, hi = float(np.percentile(arr, 1)), float(arr.max())
-    if lo > -500:
-        raise InputError(f"does not look like a CT in HU: no air (1st percentile {lo:.0f}, max "
-                         f"{hi:.0f}; a CT has air near -1000 HU). Is this a PET or a scaled image?", name)
-    if float(arr.min()) < -3100 or hi > 40000:
-        raise InputError(f"values {float(arr.min()):.0f}..{hi:.0f} are outside the CT range in HU "
-                         "(-1024..3071, metal up to ~30000): check the rescale slope/intercept", name)
-    return arr
+    check_ct_hu(ct, name)  # the shared CT check (io/checks.py)
+    return sitk.GetArrayViewFromImage(ct)
 
 
 def resolve_kvp(ct: sitk.Image, kvp: float | None) -> tuple[float, str]:

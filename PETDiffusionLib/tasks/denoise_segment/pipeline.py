@@ -34,6 +34,7 @@ import torch
 from PETDiffusionLib.diffusion.ddpm import ClippedEpsilon, ConditionalDiffusion
 from PETDiffusionLib.diffusion.windows import slices_25d
 from PETDiffusionLib.errors import InputError, ModelError
+from PETDiffusionLib.io.checks import check_ct_hu, check_suv_image
 from PETDiffusionLib.io.images import array_and_image, get_units, resample_to, to_working_grid
 from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES, SUVNormalisation, segmenter_input
 from PETDiffusionLib.models.registry import load_model_folder
@@ -54,36 +55,12 @@ DEFAULT_SPACING_MM = (4.0, 4.0, 5.0)   # working grid when a card names none (th
 # --------------------------------------------------------------------------------------------
 def check_pet(img: sitk.Image, name: str = "--pet") -> None:
     """Raise InputError naming ``name`` for NaNs, a CT or Bq/mL given as PET, or a tiny volume."""
-    units = get_units(img)
-    if units in ("HU",):
-        raise InputError("this image is marked as CT (HU); give the PET in SUVbw", name)
-    if units in ("Bq/mL", "BQML"):
-        raise InputError("this PET is in Bq/mL; convert it to SUVbw first (petdiffusion suv)", name)
-    arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"the PET holds {int(np.sum(~np.isfinite(arr)))} NaN or infinite "
-                         "voxel(s)", name)
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo <= -500.0 and (arr < -500.0).mean() > 0.01:
-        raise InputError(f"values down to {lo:.0f} look like a CT in HU (air = {CT_AIR_HU:.0f} HU), "
-                         "not a PET in SUV; did you swap --pet and --ct?", name)
-    if lo < SUV_MIN_PLAUSIBLE:
-        raise InputError(f"minimum {lo:.1f} is far below 0: not a PET in SUVbw", name)
-    if hi > SUV_MAX_PLAUSIBLE:
-        raise InputError(f"maximum {hi:.4g} is implausible for SUVbw (> {SUV_MAX_PLAUSIBLE:.0f}); "
-                         "this looks like activity concentration (Bq/mL): convert it to SUVbw "
-                         "first (petdiffusion suv)", name)
-    if hi <= 0:
-        raise InputError("the PET is empty (no positive voxel)", name)
+    # the shared checks (io/checks.py), the same rules and messages as quantify and report
+    check_suv_image(img, name)
 
 
 def check_ct(img: sitk.Image, name: str = "--ct") -> None:
-    arr = sitk.GetArrayViewFromImage(img)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("the CT holds NaN or infinite voxels", name)
-    if float(arr.min()) > -300.0 and float(arr.max()) < 200.0:
-        raise InputError(f"values {float(arr.min()):.1f}..{float(arr.max()):.1f} do not look like a "
-                         "CT in HU (no air near -1000 HU); is this a PET?", name)
+    check_ct_hu(img, name, require_air=False)  # the shared CT check (io/checks.py)
 
 
 def check_size(work: sitk.Image, context: int, name: str = "--pet") -> None:
