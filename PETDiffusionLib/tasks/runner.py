@@ -21,7 +21,7 @@ from PETDiffusionLib import __version__
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import staging_dir
-from PETDiffusionLib.io.images import read_image, read_label, write_image
+from PETDiffusionLib.io.images import get_warnings, read_image, read_label, write_image
 from PETDiffusionLib.progress import NULL_PROGRESS, Progress
 from PETDiffusionLib.tasks.base import Output, RunContext, TaskSpec
 from PETDiffusionLib.tasks.registry import task_part, task_spec
@@ -135,6 +135,9 @@ def run_task(task_id: str, input_paths: dict[str, str], params: dict | None, out
             "seconds": round(time.monotonic() - t0, 2), "python": platform.python_version(),
             "research_use_only": True,
         }
+        warnings = {k: get_warnings(img) for k, img in images.items() if get_warnings(img)}
+        if warnings:  # what the reader did to an input (e.g. irregular DICOM slice steps resampled)
+            manifest["input_warnings"] = warnings
         manifest.update(ctx.manifest_extra)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     progress.update("done", 1.0)
