@@ -72,7 +72,8 @@ STAGES_WORKER = textwrap.dedent('''
     import numpy as np
     import torch
     from PETDiffusionLib.models.card import build_network
-    from PETDiffusionLib.training.loop import Stage, Trainer, TrainConfig, run_stages
+    from PETDiffusionLib.training.loop import (Stage, Trainer, TrainConfig, init_process_group,
+                                               run_stages)
 
     torch.set_num_threads(1)
     run_dir = Path(sys.argv[1])
@@ -100,6 +101,10 @@ STAGES_WORKER = textwrap.dedent('''
         (folder / f"weight_rank{rank}.txt").write_text(repr(w))
         return {"steps": t.step}
 
+    init_process_group("cpu")  # joined first, as torchrun scripts often do; then one rank is late:
+    if rank == 1:              # it must not find rank 0's prepare summary and skip that stage
+        import time
+        time.sleep(3)
     out = run_stages(run_dir, [Stage("prepare", prepare, rank0_only=True), Stage("train", train)])
     (run_dir / f"out_rank{rank}.json").write_text(json.dumps(out))
 ''')

@@ -517,15 +517,20 @@ def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
         unknown = [n for n in only if n not in names]
         if unknown:
             raise InputError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(names)}")
+    # which stages are done is decided once, before any stage runs, and (under torchrun) before
+    # any rank can write a summary: every rank then takes the same path through the stages
+    done = {st.name: (stage_dir(run_dir, st.name) / "summary.json").is_file() for st in stages}
+    if distributed:
+        dist.barrier()
     out: dict[str, dict] = {}
     for st in stages:
         folder = stage_dir(run_dir, st.name)
         summary_path = folder / "summary.json"
         if only is not None and st.name not in only:
-            if summary_path.is_file():
+            if done[st.name]:
                 out[st.name] = json.loads(summary_path.read_text())
             continue
-        if only is None and summary_path.is_file():
+        if only is None and done[st.name]:
             out[st.name] = json.loads(summary_path.read_text())
             log.info("stage %s: done before (%s), skipped", st.name, summary_path)
             continue
