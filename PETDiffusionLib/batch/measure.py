@@ -18,11 +18,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from PETDiffusionLib.tasks.runner import load_task_model, run_task
 
 SUBNETWORK_SHARE = 0.1  # this project's choice: below it a child is glue (1x1 convs, embeddings)
 
@@ -137,3 +141,30 @@ def run_child(module: str, function: str, kwargs: dict) -> tuple[Any, float]:
         done = json.loads(out.read_text())
         peak = done["peak_mb"] if done["peak_mb"] is not None else usage.ru_maxrss / 1024.0
         return done["result"], peak
+
+
+@dataclass
+class TaskRuns:
+    """What :func:`time_task_runs` measured: the model loaded once, then ``repeat`` timed runs."""
+    model: Any
+    load_seconds: float
+    seconds: list[float]                 # one per run, model load excluded
+    counts: dict[str, dict[str, int]]    # network evaluations of the last run (forward hooks)
+    manifest: Path                       # manifest.json of the last run
+
+
+def time_task_runs(task_id: str, inputs: dict[str, str], out_dir: Path, repeat: int = 1,
+                   device: str | None = "auto", params: dict | None = None) -> TaskRuns:
+    """The task's bench protocol: load its shipped model once, then run ``run_task`` end to end
+    ``repeat`` times into ``out_dir/out<r>``, timing each run and counting network evaluations."""
+    t0 = time.monotonic()
+    model = load_task_model(task_id, None, device)
+    load_s = time.monotonic() - t0
+    seconds, counts, manifest = [], {}, None
+    for r in range(max(1, int(repeat))):
+        with count_forward_calls(model) as counts:
+            t0 = time.monotonic()
+            manifest = run_task(task_id, inputs, params or {}, Path(out_dir) / f"out{r}",
+                                device=device, model=model)
+            seconds.append(time.monotonic() - t0)
+    return TaskRuns(model, load_s, seconds, counts, manifest)

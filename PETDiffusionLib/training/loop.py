@@ -551,3 +551,17 @@ def run_stages(run_dir: str | os.PathLike, stages: list[Stage],
         out[st.name] = summary
         log.info("stage %s finished in %.1f s", st.name, time.monotonic() - t0)
     return out
+
+
+def train_in_stages(config: dict, options: TrainOptions | None,
+                    build_stages: Callable[[dict, TrainOptions], list[Stage]]) -> int:
+    """The ``train(config, options)`` of a recipe whose config is a JSON object: the run folder
+    (``--run-dir`` or the config's ``run_dir``), the CPU threads (config ``threads``, default 1),
+    then :func:`run_stages` over ``build_stages(config, options)`` (``--stage`` picks some)."""
+    options = options or TrainOptions()
+    cfg = dict(config)
+    run_dir = Path(options.run_dir or cfg["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    run_stages(run_dir, build_stages(cfg, options), only=options.stages)
+    return 0

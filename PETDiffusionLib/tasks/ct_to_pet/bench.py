@@ -11,12 +11,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PETDiffusionLib.batch.measure import count_forward_calls
+from PETDiffusionLib.batch.measure import time_task_runs
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.io.images import write_image
 from PETDiffusionLib.models.card import build_network
 from PETDiffusionLib.tasks.ct_to_pet.spec import SPEC
-from PETDiffusionLib.tasks.runner import load_task_model, run_task
 
 BENCH_SHAPE_ZYX = (160, 128, 128)
 BENCH_SPACING_XYZ = (3.9, 3.9, 4.0)
@@ -105,16 +104,9 @@ def bench(args) -> dict:
     ct = simple_ct(BENCH_SHAPE_ZYX, BENCH_SPACING_XYZ)
     with tempfile.TemporaryDirectory(prefix="bench-ct-to-pet-") as tmp:
         ct_path = write_image(ct, Path(tmp) / "ct.nii.gz", units="HU")
-        t0 = time.monotonic()
-        model = load_task_model(SPEC.id, None, device_arg)
-        load_s = time.monotonic() - t0
-        times = []
-        for r in range(repeat):
-            with count_forward_calls(model) as counts:
-                t0 = time.monotonic()
-                run_task(SPEC.id, {"ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
-                         device=device_arg, model=model)
-                times.append(time.monotonic() - t0)
+        runs = time_task_runs(SPEC.id, {"ct": str(ct_path)}, Path(tmp), repeat, device_arg)
+        model, load_s, times = runs.model, runs.load_seconds, runs.seconds
+        counts = runs.counts
     steps = int(model[1]["diffusion"].get("default_steps", 0))
     return {"title": TITLE, "volume": f"{'x'.join(map(str, BENCH_SHAPE_ZYX[::-1]))} voxels at "
             f"{'x'.join(map(str, BENCH_SPACING_XYZ))} mm (analytic torso CT)",

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PETDiffusionLib.batch.measure import count_forward_calls
+from PETDiffusionLib.batch.measure import time_task_runs
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.io.images import write_image
 from PETDiffusionLib.tasks.denoise_segment.spec import SPEC
-from PETDiffusionLib.tasks.runner import load_task_model, run_task
 
 BENCH_SHAPE_ZYX = (160, 128, 128)
 BENCH_SPACING_XYZ = (4.0, 4.0, 5.0)
@@ -57,16 +55,9 @@ def bench(args=None) -> dict:
     repeat = max(1, int(getattr(args, "repeat", 1) or 1))
     with tempfile.TemporaryDirectory(prefix="bench-ds-") as tmp:
         pet = write_image(bench_volume(), Path(tmp) / "pet.nii.gz", units="SUVbw")
-        t0 = time.monotonic()
-        model = load_task_model(SPEC.id, None, device_arg)
-        load_s = time.monotonic() - t0
-        times = []
-        for r in range(repeat):
-            with count_forward_calls(model) as counts:
-                t0 = time.monotonic()
-                manifest = run_task(SPEC.id, {"pet": str(pet)}, {}, Path(tmp) / f"out{r}",
-                                    device=device_arg, model=model)
-                times.append(time.monotonic() - t0)
+        runs = time_task_runs(SPEC.id, {"pet": str(pet)}, Path(tmp), repeat, device_arg)
+        load_s, times = runs.load_seconds, runs.seconds
+        counts, manifest = runs.counts, runs.manifest
         inference = json.loads(manifest.read_text()).get("inference", {})
     return {"title": TITLE, "volume": f"{'x'.join(map(str, BENCH_SHAPE_ZYX[::-1]))} voxels at "
             f"{'x'.join(map(str, BENCH_SPACING_XYZ))} mm (noisy body-shaped SUV volume)",

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import SimpleITK as sitk
 import torch
 
-from PETDiffusionLib.batch.measure import count_forward_calls
+from PETDiffusionLib.batch.measure import time_task_runs
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.diffusion.ddpm import DEFAULT_STEPS
 from PETDiffusionLib.io.images import read_image, write_image
 from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import SPEC
-from PETDiffusionLib.tasks.runner import load_task_model, run_task
 
 NAC_SIZE, CT_SIZE, N_SLICES = 256, 512, 250
 FOV_MM, AXIAL_MM = 512.0, 800.0  # the simulator's field of view (phantom/case.py)
@@ -43,16 +41,9 @@ def bench(args) -> dict:
         ct = upsampled(read_image(case / "ct.nii.gz"), CT_SIZE, N_SLICES, -1000.0)
         nac_path = write_image(nac, Path(tmp) / "nac.nii.gz", units="SUVbw")
         ct_path = write_image(ct, Path(tmp) / "ct.nii.gz", units="HU")
-        t0 = time.monotonic()
-        model = load_task_model(SPEC.id, None, device_arg)
-        load_s = time.monotonic() - t0
-        times = []
-        for r in range(repeat):
-            with count_forward_calls(model) as counts:
-                t0 = time.monotonic()
-                run_task(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, {}, Path(tmp) / f"out{r}",
-                         device=device_arg, model=model)
-                times.append(time.monotonic() - t0)
+        runs = time_task_runs(SPEC.id, {"nac": str(nac_path), "ct": str(ct_path)}, Path(tmp), repeat, device_arg)
+        model, load_s, times = runs.model, runs.load_seconds, runs.seconds
+        counts = runs.counts
     n_work = int(round(AXIAL_MM / float(model[1]["preprocessing"]["working_spacing_mm"][2])))
     return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),
             "volume": f"NAC {NAC_SIZE}x{NAC_SIZE}x{N_SLICES}, CT {CT_SIZE}x{CT_SIZE}x{N_SLICES} "

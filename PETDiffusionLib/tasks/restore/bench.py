@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PETDiffusionLib.batch.measure import count_forward_calls
+from PETDiffusionLib.batch.measure import time_task_runs
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.io.images import write_image
 from PETDiffusionLib.tasks.restore.spec import SPEC
-from PETDiffusionLib.tasks.runner import load_task_model, run_task
 
 PET_SHAPE_ZYX = (250, 256, 256)
 PET_SPACING_XYZ = (2.73, 2.73, 3.27)   # a 700 mm field of view, 817 mm axial (a whole-body PET)
@@ -64,16 +62,9 @@ def bench(args=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:
         pet_p = write_image(pet, Path(tmp) / "pet.nii.gz", units="SUVbw")
         ct_p = write_image(ct, Path(tmp) / "ct.nii.gz", units="HU")
-        t0 = time.monotonic()
-        model = load_task_model(SPEC.id, None, device_arg)
-        load_s = time.monotonic() - t0
-        times = []
-        for r in range(repeat):
-            with count_forward_calls(model) as counts:
-                t0 = time.monotonic()
-                manifest = run_task(SPEC.id, {"pet": str(pet_p), "ct": str(ct_p)}, {},
-                                    Path(tmp) / f"out{r}", device=device_arg, model=model)
-                times.append(time.monotonic() - t0)
+        runs = time_task_runs(SPEC.id, {"pet": str(pet_p), "ct": str(ct_p)}, Path(tmp), repeat, device_arg)
+        load_s, times = runs.load_seconds, runs.seconds
+        counts, manifest = runs.counts, runs.manifest
         inference = json.loads(manifest.read_text()).get("inference", {})
     return {"title": TITLE,
             "volume": f"PET {'x'.join(map(str, PET_SHAPE_ZYX[::-1]))} voxels at "

@@ -4,15 +4,13 @@ steps; issue 17 asks for at most 5 minutes on this 2-core CPU."""
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from PETDiffusionLib.batch.measure import count_forward_calls
+from PETDiffusionLib.batch.measure import time_task_runs
 from PETDiffusionLib.device import choose_device
 from PETDiffusionLib.methods.totalgen.data import HR_SHAPE, HR_SPACING_MM
-from PETDiffusionLib.tasks.runner import load_task_model, run_task
 from PETDiffusionLib.tasks.synthesize.spec import SPEC
 
 TITLE = ("synthesize: one subject (male, 58 y, 177 cm, 83 kg) -> 128x128x192 PET/CT + organs at "
@@ -40,17 +38,9 @@ def bench(args) -> dict:
     device_arg = getattr(args, "device", None) or "auto"
     device = choose_device(device_arg)
     repeat = max(1, int(getattr(args, "repeat", 1) or 1))
-    t0 = time.monotonic()
-    model = load_task_model(SPEC.id, None, device_arg)
-    load_s = time.monotonic() - t0
-    times = []
     with tempfile.TemporaryDirectory(prefix="bench-synthesize-") as tmp:
-        for r in range(repeat):
-            with count_forward_calls(model) as counts:
-                t0 = time.monotonic()
-                run_task(SPEC.id, {}, BENCH_PARAMS, Path(tmp) / f"out{r}", device=device_arg,
-                         model=model)
-                times.append(time.monotonic() - t0)
+        runs = time_task_runs(SPEC.id, {}, Path(tmp), repeat, device_arg, params=BENCH_PARAMS)
+    model, load_s, times, counts = runs.model, runs.load_seconds, runs.seconds, runs.counts
     diff = model[1]["diffusion"]
     best = min(times)
     return {"title": TITLE, "device": str(device), "torch_threads": torch.get_num_threads(),

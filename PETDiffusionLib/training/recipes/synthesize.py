@@ -35,7 +35,8 @@ from PETDiffusionLib.methods.totalgen.intensities import (CT_HU_MAX, CT_HU_MIN, 
 from PETDiffusionLib.methods.totalgen.networks import unet_spec
 from PETDiffusionLib.models.card import build_network
 from PETDiffusionLib.models.registry import save_model_folder
-from PETDiffusionLib.training.loop import Stage, TrainConfig, Trainer, TrainOptions, run_stages
+from PETDiffusionLib.training.loop import (Stage, TrainConfig, TrainOptions, Trainer,
+                                           train_in_stages)
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,4 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
 
 def train(config: dict, options: TrainOptions | None = None) -> int:
     """Entry point of ``petdiffusion train synthesize``."""
-    options = options or TrainOptions()
-    cfg = dict(config)
-    run_dir = Path(options.run_dir or cfg["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    run_stages(run_dir, build_stages(cfg, options), only=options.stages)
-    return 0
+    return train_in_stages(config, options, build_stages)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
-from PETDiffusionLib.training.loop import Stage, TrainOptions, run_stages
+from PETDiffusionLib.training.loop import Stage, TrainOptions, train_in_stages
 from PETDiffusionLib.training.recipes.dual_timepoint_ac import card, data, stages
 
 
@@ -34,10 +33,4 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
 
 def train(config: dict, options: TrainOptions | None = None) -> int:
     """Entry point of ``petdiffusion train dual-timepoint-ac``: runs the stages not yet done."""
-    options = options or TrainOptions()
-    cfg = dict(config)
-    run_dir = Path(options.run_dir or cfg["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    run_stages(run_dir, build_stages(cfg, options), only=options.stages)
-    return 0
+    return train_in_stages(config, options, build_stages)
