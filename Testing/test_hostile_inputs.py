@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from PETDiffusionLib.cli.main import main
@@ -664,9 +664,13 @@ def _mutated(headers, changes):
     return out
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI sees the same examples every run (a failure is reproducible, never flaky); the
+# examples found by random runs so far are pinned with @example
+@settings(max_examples=150, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(changes=st.lists(st.tuples(st.sampled_from(FUZZ_TAGS), st.one_of(st.none(), TEXT_VALUES)),
                         min_size=1, max_size=4))
+@example(changes=[("PatientWeight", None), ("Units", "GML")])  # SUVbw stored: no weight needed
 def test_fuzzed_suv_headers_give_a_clear_error_or_a_plausible_factor(shared_data, changes):
     headers = _mutated(_dro_headers(shared_data), changes)
     try:
@@ -676,7 +680,10 @@ def test_fuzzed_suv_headers_give_a_clear_error_or_a_plausible_factor(shared_data
         return
     lim = DEFAULT_LIMITS
     assert math.isfinite(f.factor) and f.factor > 0
-    assert lim.weight_kg[0] <= f.weight_kg <= lim.weight_kg[1]
+    if f.pixel_units != "GML" or f.weight_kg is not None:  # GML is SUVbw already: factor 1
+        assert f.weight_kg is not None and lim.weight_kg[0] <= f.weight_kg <= lim.weight_kg[1]
+    else:
+        assert f.factor == 1.0
     if f.pixel_units in ("BQML", "CNTS") and f.injected_dose_bq is not None:
         assert lim.dose_mbq[0] <= f.injected_dose_bq / 1e6 <= lim.dose_mbq[1]
         if f.reference_time is not None and f.injection_time is not None:
@@ -689,7 +696,7 @@ def dro_three_slices(shared_data, tmp_path_factory) -> Path:
     return dro_copy(shared_data, tmp_path_factory.mktemp("dro3") / "pet", slices=3)
 
 
-@settings(max_examples=30, deadline=None, database=None,
+@settings(max_examples=30, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.sampled_from(FUZZ_TAGS + ["ImagePositionPatient",
                                                                "PixelSpacing", "Modality",
