@@ -235,14 +235,14 @@ def stages(cfg: RestoreConfig, options: TrainOptions) -> list[Stage]:
 
     plan = []
     if cfg.internal_steps > 0 or cfg.mixed_steps > 0:
-        plan.append(Stage("real-cohort", real_cohort))
+        plan.append(Stage("real-cohort", real_cohort, rank0_only=True))
     if cfg.external_steps > 0:
         plan.append(Stage("external", external))
     if cfg.internal_steps > 0:
         plan.append(Stage("internal", internal))
     if cfg.mixed_steps > 0:
         plan.append(Stage("mixed", mixed))
-    return plan + [Stage("export", export)]
+    return plan + [Stage("export", export, rank0_only=True)]
 
 
 def train(config: dict, options: TrainOptions | None = None) -> int:

@@ -176,10 +176,10 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
                 "heldout": prepare_cohort(cfg["heldout_dir"], cfg["heldout_subjects"],
                                           cfg["heldout_seed"])}
 
-    return [Stage("prepare", prepare),
+    return [Stage("prepare", prepare, rank0_only=True),
             Stage("global", lambda d: train_global(cfg, options, d)),
             Stage("sr", lambda d: train_sr(cfg, options, d)),
-            Stage("export", lambda d: export(cfg, run_dir, command))]
+            Stage("export", lambda d: export(cfg, run_dir, command), rank0_only=True)]
 
 
 def train(config: dict, options: TrainOptions | None = None) -> int:

@@ -22,13 +22,13 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     def diffusion(k: int) -> Stage:
         return Stage(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
 
-    return [Stage("prepare", lambda d: data.prepare(cfg, d)),
+    return [Stage("prepare", lambda d: data.prepare(cfg, d), rank0_only=True),
             Stage("matching", lambda d: stages.train_matching(cfg, options, run_dir, d)),
             Stage("autoencoder", lambda d: stages.train_autoencoder(cfg, options, run_dir, d)),
-            Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d)),
+            Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d), rank0_only=True),
             *[diffusion(int(k)) for k in cfg["diffusion"]["k_values"]],
             Stage("unet", lambda d: stages.train_unet(cfg, options, run_dir, d)),
-            Stage("export", lambda d: card.export(cfg, run_dir, command))]
+            Stage("export", lambda d: card.export(cfg, run_dir, command), rank0_only=True)]
 
 
 def train(config: dict, options: TrainOptions | None = None) -> int:
