@@ -226,8 +226,8 @@ def stages(cfg: RestoreConfig, options: TrainOptions) -> list[Stage]:
             for k, net in nets.items():
                 net.load_state_dict({p[len(k) + 1:]: v for p, v in tensors.items()
                                      if p.startswith(f"{k}.")})
-            step = int(torch.load(run / name / "checkpoint" / "state.pt", map_location="cpu",
-                                  weights_only=True)["step"])
+            state_pt = run / name / "checkpoint" / "state.pt"
+            step = int(torch.load(state_pt, map_location="cpu", weights_only=True)["step"])
             path = save_model_folder(folder / name, nets,
                                      model_card(cfg, name, step, options.command(TASK)))
             out[name] = {"model": str(path), "steps": step}
