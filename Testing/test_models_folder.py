@@ -10,6 +10,7 @@ from PETDiffusionLib.errors import ModelError
 from PETDiffusionLib.models.card import INTENDED_USE, build_network
 from PETDiffusionLib.models.registry import (MODEL_PATH_ENV, list_models, load_model_folder,
                                              save_model_folder, sha256_file)
+from PETDiffusionLib.tasks.runner import load_task_model
 
 UNET = {"class": "monai.networks.nets.DiffusionModelUNet",
         "args": {"spatial_dims": 2, "in_channels": 2, "out_channels": 1, "channels": [8, 8],
@@ -92,3 +93,21 @@ def test_builder_specs_round_trip_through_a_model_folder(tmp_path):
     z = loaded["autoencoder"].encode_stage_2_inputs(torch.zeros(1, 1, 16, 16))
     assert z.shape == (1, 4, 8, 8)
     assert loaded["unet"](torch.zeros(1, 3, 16, 16), torch.tensor([1])).shape == (1, 1, 16, 16)
+
+
+def test_a_model_for_another_task_is_refused_before_its_weights_load(tmp_path):
+    folder = save_model_folder(tmp_path / "tiny", {"revision": build_network(CONV)}, card())
+    nets, c = load_model_folder(folder, task="denoise-segment")
+    assert c["task"] == "denoise-segment" and set(nets) == {"revision"}
+    with pytest.raises(ModelError, match="the model is for task 'denoise-segment', not 'ct-to-pet'"):
+        load_model_folder(folder, task="ct-to-pet")
+
+
+@pytest.mark.parametrize("task", ["ct-to-pet", "restore", "dual-timepoint-ac", "synthesize",
+                                  "denoise-segment"])
+def test_every_task_refuses_a_model_folder_of_another_task(tmp_path, task):
+    other = "ct-to-pet" if task != "ct-to-pet" else "denoise-segment"
+    folder = save_model_folder(tmp_path / "other", {"revision": build_network(CONV)},
+                               {**card(), "task": other})
+    with pytest.raises(ModelError, match=f"not '{task}'"):
+        load_task_model(task, folder)

@@ -133,11 +133,16 @@ def verify_weights(folder: str | Path, card: dict) -> Path:
     return weights
 
 
-def load_model_folder(folder_or_id: str | os.PathLike, device: str | torch.device = "cpu"
-                      ) -> tuple[dict[str, nn.Module], dict]:
-    """Networks (in eval mode, on ``device``) and the card of a model folder or shipped model id."""
+def load_model_folder(folder_or_id: str | os.PathLike, device: str | torch.device = "cpu",
+                      task: str | None = None) -> tuple[dict[str, nn.Module], dict]:
+    """Networks (in eval mode, on ``device``) and the card of a model folder or shipped model id.
+
+    ``task``: the task the caller runs; a card for another task is refused before any weights load
+    (a user's own model folder given to the wrong panel)."""
     folder = resolve_model(folder_or_id)
     card = read_card(folder)
+    if task is not None and card.get("task") != task:
+        raise ModelError(f"{folder_or_id}: the model is for task {card.get('task')!r}, not {task!r}")
     weights = verify_weights(folder, card)
     try:
         tensors = load_file(str(weights), device="cpu")

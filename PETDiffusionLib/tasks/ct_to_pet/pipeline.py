@@ -27,11 +27,9 @@ import torch
 
 from PETDiffusionLib.diffusion.bridge import BrownianBridge
 from PETDiffusionLib.diffusion.windows import run_slicewise
-from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.checks import check_ct_hu
 from PETDiffusionLib.io.dicom import KVP_KEY  # the DICOM reader's record of KVP (0018,0060)
-from PETDiffusionLib.io.images import (array_and_image, get_units, resample_to, same_grid,
-                                       to_working_grid)
+from PETDiffusionLib.io.images import array_and_image, resample_to, same_grid, to_working_grid
 from PETDiffusionLib.methods.cpdm.intensities import (CT_HU_MIN, attenuation_condition, ct_to_net,
                                                       net_to_suv)
 from PETDiffusionLib.methods.cpdm.latents import ct_stacks, latent_condition, neighbour_indices
@@ -89,7 +87,7 @@ def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -
 def load_model(model_path: str | Path | None = None, device: torch.device | str = "cpu"
                ) -> tuple[dict, dict]:
     """(networks, card) of a model folder, or of the shipped model when ``model_path`` is None."""
-    return load_model_folder(model_path or MODEL_ID, device)
+    return load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
 
 
 @torch.no_grad()

@@ -35,15 +35,14 @@ from PETDiffusionLib.diffusion.ddpm import ClippedEpsilon, ConditionalDiffusion
 from PETDiffusionLib.diffusion.windows import slices_25d
 from PETDiffusionLib.errors import InputError, ModelError
 from PETDiffusionLib.io.checks import check_ct_hu, check_suv_image
-from PETDiffusionLib.io.images import array_and_image, get_units, resample_to, to_working_grid
+from PETDiffusionLib.io.images import array_and_image, resample_to, to_working_grid
 from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES, SUVNormalisation, segmenter_input
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.quant.lesions import label_lesions
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.denoise_segment.spec import (CT_AIR_HU, LESION_PROB_THRESHOLD,
-                                                        MIN_INPLANE_VOXELS, MODEL_ID, SPEC,
-                                                        SUV_MAX_PLAUSIBLE, SUV_MIN_PLAUSIBLE)
+                                                        MIN_INPLANE_VOXELS, MODEL_ID, SPEC)
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +90,7 @@ class AMDiffModel(NamedTuple):
 
 def load_model(model_path: str | Path | None, device) -> AMDiffModel:
     """The model folder ``model_path`` (None: the shipped :data:`MODEL_ID`) on ``device``."""
-    nets, card = load_model_folder(model_path or MODEL_ID, device)
-    if card.get("task") != SPEC.id:
-        raise ModelError(f"{model_path or MODEL_ID}: the model is for task {card.get('task')!r}, "
-                         f"not {SPEC.id!r}")
+    nets, card = load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
     for k in ("denoiser", "revision", "segmenter"):
         if k not in nets:
             raise ModelError(f"{model_path or MODEL_ID}: the model card lacks the network {k!r}")

@@ -7,13 +7,8 @@ from PETDiffusionLib.tasks.base import ImageInput, Output, Parameter, TaskSpec
 
 MODEL_ID = "amdiff-sts-2p5d"   # fine-tuned on real PET; "amdiff-phantom-2p5d" is its phantom-only stage 1
 
-# Range checks that tell a PET in SUV from a CT or from Bq/mL (PHYSICS.md Sec. 1 and 5: FDG SUVs
-# lie in 0-~50, bladder up to 50, tumours up to ~24, "occasionally exceeding 200", AMDiff
-# Sec. 2.2.1; 1 SUV is ~2.4 kBq/mL for 70 kg and 250 MBq, so Bq/mL images have maxima in the 1e3-1e6
-# range; CT air is -1000 HU).
-SUV_MAX_PLAUSIBLE = 300.0
-SUV_MIN_PLAUSIBLE = -5.0
-CT_AIR_HU = -1000.0
+# The plausible SUV range of the inputs is io/checks.py's (docs/PHYSICS.md §7), shared by every task.
+CT_AIR_HU = -1000.0                 # PHYSICS.md §5: air, the pad value of CT crops
 MIN_INPLANE_VOXELS = 16     # at the working spacing: the segmenter down-samples by 8
 LESION_PROB_THRESHOLD = 0.5     # argmax of two classes; used when a card has no calibrated value
 

@@ -32,7 +32,7 @@ from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct
 from PETDiffusionLib.methods.stmdiff.intensities import body_contours, ct_to_net, nac_to_net, net_to_pet
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.tasks.base import RunContext
-from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID
+from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID, SPEC
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -
 
 def load_model(model_path: str | Path | None = None, device: torch.device | str = "cpu"
                ) -> tuple[dict, dict]:
-    return load_model_folder(model_path or MODEL_ID, device)
+    return load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
 
 
 @torch.no_grad()

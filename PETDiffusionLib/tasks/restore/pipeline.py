@@ -174,10 +174,7 @@ class RestoreModel(NamedTuple):
 
 
 def load_model(model_path: str | Path | None, device) -> RestoreModel:
-    nets, card = load_model_folder(model_path or MODEL_ID, device)
-    if card.get("task") != SPEC.id:
-        raise ModelError(f"{model_path or MODEL_ID}: the model is for task {card.get('task')!r}, "
-                         f"not {SPEC.id!r}")
+    nets, card = load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
     if not ({"fusion", "denoiser"} <= set(nets) or "munet" in nets):
         raise ModelError(f"{model_path or MODEL_ID}: needs networks fusion + denoiser (MFdiff) or "
                          "munet (M-UNet)")

@@ -56,7 +56,7 @@ def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -
 def load_model(model_path: str | Path | None = None, device: torch.device | str = "cpu"
                ) -> tuple[dict, dict]:
     """(networks, card) of a model folder, or of the shipped model when ``model_path`` is None."""
-    return load_model_folder(model_path or MODEL_ID, device)
+    return load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
 
 
 def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict], ctx: RunContext

@@ -149,9 +149,7 @@ def make_trainer(cfg: DenoiseSegmentConfig, run_dir: Path, init: bool = True) ->
     torch.manual_seed(cfg.seed)
     nets = build_networks(cfg)
     if init and cfg.init_model:
-        start, card = load_model_folder(cfg.init_model)
-        if card.get("task") != TASK:
-            raise InputError("init_model is not a denoise-segment model", cfg.init_model)
+        start, card = load_model_folder(cfg.init_model, task=TASK)
         for k in nets:
             nets[k].load_state_dict(start[k].state_dict())
         log.info("initialised from %s (%s %s)", cfg.init_model, card.get("id"), card.get("version"))
