@@ -41,6 +41,7 @@ from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.quant.lesions import label_lesions
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
+from PETDiffusionLib.tasks.denoise_segment.guards import input_warnings
 from PETDiffusionLib.tasks.denoise_segment.spec import (CT_AIR_HU, LESION_PROB_THRESHOLD,
                                                         MIN_INPLANE_VOXELS, MODEL_ID, SPEC)
 
@@ -276,6 +277,10 @@ def predict(images: dict[str, sitk.Image], params: dict, model: AMDiffModel,
     sub = ctx.progress.sub(0.05, 0.85, "denoise and segment")
     res = denoise_segment_image(images["pet"], images.get("ct"), nets, card, params, sub, ctx.device)
     info = res.pop("_info")
+    # issue 13 "Bad input": voxel size and count level against the card (guards.py)
+    warnings, info["noise_index"] = input_warnings(images["pet"], res["pet_denoised"], card)
+    for w in warnings:
+        log.warning("%s", w)
     organ_names = {int(k): v for k, v in info["organ_labels"].items()}
     ctx.manifest_extra.update({
         "model_id": card["id"], "model_version": card["version"],
@@ -283,7 +288,7 @@ def predict(images: dict[str, sitk.Image], params: dict, model: AMDiffModel,
         "lesion_labels": {1: "lesion"}, "organ_labels": organ_names,
         "inference": info, "synthetic_outputs": ["pet_denoised", "uncertainty"],
         "note": "pet_denoised is synthetic (AMDiff model output): research use, not for diagnosis",
-        "task_seconds": round(time.monotonic() - t0, 2)})
+        "warnings": warnings, "task_seconds": round(time.monotonic() - t0, 2)})
     return {k: v for k, v in res.items() if k in ("pet_denoised", "lesions", "organs", "uncertainty")}
 
 
@@ -301,6 +306,8 @@ def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params
              "working spacing (mm)": " x ".join(f"{s:.2f}" for s in info["working_spacing_mm"]),
              "CT used": images.get("ct") is not None,
              "note": "denoised PET is a model output: research use, not for diagnosis"}
+    if ctx.manifest_extra.get("warnings"):  # guards.py: shown in report.pdf and report.json
+        extra["warnings"] = list(ctx.manifest_extra["warnings"])
     rep = make_report(ctx.out_dir, outputs["pet_denoised"], outputs["lesions"], outputs["organs"],
                       ctx.manifest_extra["organ_labels"], task=SPEC.id, model_id=card["id"],
                       model_version=card["version"], synthetic=True, extra=extra,
