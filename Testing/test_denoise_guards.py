@@ -9,6 +9,7 @@ import math
 import shutil
 
 import numpy as np
+import pypdfium2 as pdfium
 import pytest
 import SimpleITK as sitk
 
@@ -152,7 +153,12 @@ def test_a_count_level_far_outside_the_cards_range_is_in_the_manifest_and_the_re
                               f"{index:.3g} sqrt(SUV) is above 0.02 x 1.5 = 0.03")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["extra"]["warnings"] == [warning]
-    assert (tmp_path / "out" / "report.pdf").stat().st_size > 0
+    doc = pdfium.PdfDocument(str(tmp_path / "out" / "report.pdf"))
+    try:
+        text = " ".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+    finally:
+        doc.close()
+    assert "count level far outside training" in " ".join(text.split())
 
 
 def test_todays_shipped_card_runs_with_no_warning_and_records_the_noise_index(small_pet, tmp_path):
