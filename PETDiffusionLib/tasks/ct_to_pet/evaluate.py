@@ -1,6 +1,15 @@
-"""`petdiffusion evaluate ct-to-pet --cohort DIR`: CPDM against its ablations, the U-Net regression
-and the non-learned tissue floor on a held-out phantom cohort; optionally the real CTs of the
-shared data, figures, and ``--record-into MODEL_DIR`` to copy the figures into a model card.
+"""`petdiffusion evaluate ct-to-pet --mode MODE`: every evaluation of a ct-to-pet model.
+
+Modes (``--mode``, default ``cohort``):
+- ``cohort`` (``--cohort DIR``): CPDM against its ablations, the U-Net regression and the
+  non-learned tissue floor on a held-out phantom cohort; optionally the real CTs of the shared data,
+  figures, and ``--record-into MODEL_DIR`` to copy the figures into a model card;
+- ``totalseg-organs``: the real TotalSegmentator CT crop (``--real-data``/ct_totalseg_example,
+  example_ct_sm with its organ labels): synthetic SUVmean of each organ against the literature FDG
+  range (physics/organ_uptake.py; issue 14's first acceptance line), and its OOD verdict;
+- ``ood`` (``--ct FILE ...``): the out-of-distribution verdict (ood.py) of each CT;
+- ``ood-reference`` (``--cohort cohorts/train``): recompute the OOD training reference and write
+  it as tasks/ct_to_pet/ood_reference.py (or ``--out``).
 
 Metrics (quant.metrics) are computed inside the body (CT > -500 HU, holes filled per slice) against
 the simulator's standard-count AC PET (pet_ac.nii.gz), in SUV.
@@ -19,9 +28,13 @@ import torch
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.io.images import array_and_image, read_image, read_label, resample_to
+from PETDiffusionLib.io.images import array_and_image, read_image, read_label, resample_to, same_grid
 from PETDiffusionLib.methods.cpdm.intensities import body_mask, tissue_floor
 from PETDiffusionLib.phantom.cohort import list_cases
+from PETDiffusionLib.physics.organ_uptake import (TOTALSEG_GROUPS, check_organ_uptake,
+                                                  format_uptake_table)
+from PETDiffusionLib.tasks.ct_to_pet import ood_reference
+from PETDiffusionLib.tasks.ct_to_pet.ood import ood_check, training_reference, write_reference_module
 from PETDiffusionLib.quant.metrics import mae, psnr, ssim3d
 from PETDiffusionLib.tasks.ct_to_pet.pipeline import check_ct, load_model, organ_names_for, synthesize
 from PETDiffusionLib.tasks.ct_to_pet.spec import DEFAULT_STEPS
@@ -35,11 +48,24 @@ ORGAN_GROUPS: dict[str, tuple[str, ...]] = {
     "bone": ("vertebrae", "pelvis", "ribs", "bone", "skull", "femur"),
 }
 CASE_KVP = 120  # the simulator's CT tube voltage (phantom/case.py CT_KVP)
+MODES = ("cohort", "totalseg-organs", "ood", "ood-reference")
+# issue 14 acceptance: these organs of the real TotalSegmentator CT inside their literature range
+ACCEPTANCE_ORGANS = ("liver", "spleen", "muscle", "blood_pool")
+FAT_LABEL = 1000  # label given to TotalSegmentator's tissue_types subcutaneous_fat (not in its total map)
 BASELINE_DIRS = {"cpdm_no_sigma": "cpdm-no-sigma", "cpdm_no_mu": "cpdm-no-mu",
                  "unet_regression": "cpdm-regression"}
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=MODES, default="cohort",
+                        help="cohort (default): held-out phantom cohort; totalseg-organs: organ SUVmean "
+                             "of the real TotalSegmentator CT vs the literature FDG ranges; ood: the "
+                             "out-of-distribution verdict of --ct files; ood-reference: recompute the "
+                             "OOD training reference from --cohort")
+    parser.add_argument("--cohort", default=None,
+                        help="cohort: the cohort to score (required); ood-reference: the training cohort")
+    parser.add_argument("--ct", nargs="+", default=None, help="ood: CT files (NIfTI/NRRD) or DICOM folders")
+    parser.add_argument("--kvp", type=float, default=None, help="ood: the CTs' tube voltage if known")
     parser.add_argument("--model", default=None, help="CPDM model folder (default: the shipped one)")
     parser.add_argument("--baselines", default="runs/ct_to_pet/models",
                         help="folder holding the ablation/regression model folders of the training run")
@@ -136,6 +162,20 @@ def _load_methods(args, nets: dict, card: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def evaluate(args) -> str:
+    """Dispatch on --mode (module docstring)."""
+    mode = getattr(args, "mode", "cohort") or "cohort"
+    if mode == "totalseg-organs":
+        return evaluate_totalseg_organs(args)
+    if mode == "ood":
+        return evaluate_ood(args)
+    if mode == "ood-reference":
+        return evaluate_ood_reference(args)
+    if not getattr(args, "cohort", None):
+        raise InputError("--mode cohort needs --cohort (the held-out cohort to score)")
+    return evaluate_cohort(args)
+
+
+def evaluate_cohort(args) -> str:
     """Held-out cohort: CPDM, its two ablations, the U-Net regression and the tissue floor."""
     torch.set_num_threads(max(1, int(getattr(args, "threads", 1) or 1)))
     cohort = Path(args.cohort)
@@ -264,6 +304,102 @@ def evaluate_real(shared: Path, nets: dict, card: dict, steps: int, seed: int,
         out["sts_mean"] = {"cases": len(rows), **{k: float(np.mean([r[k] for r in rows]))
                                                     for k in ("mae_suv_body", "ssim_body")}}
     return out
+
+
+def totalseg_labels(ref_dir: Path, class_map: Path, ct: sitk.Image) -> tuple[np.ndarray, dict[int, str]]:
+    """The TotalSegmentator "total" label map of example_ct_sm on the CT's grid, with its class names,
+    and the tissue_types subcutaneous fat added (label FAT_LABEL) where no organ is labelled."""
+    seg = read_label(ref_dir / "example_seg.nii.gz")
+    if not same_grid(seg, ct):
+        seg = resample_to(seg, ct, is_label=True)
+    lab = sitk.GetArrayFromImage(seg).astype(np.int32)
+    names = {int(k): str(v) for k, v in json.loads(class_map.read_text()).items()}
+    fat_path = ref_dir / "example_seg_tissue_types" / "subcutaneous_fat.nii.gz"
+    if fat_path.is_file():
+        fat = read_label(fat_path)
+        fat = fat if same_grid(fat, ct) else resample_to(fat, ct, is_label=True)
+        lab[(sitk.GetArrayFromImage(fat) > 0) & (lab == 0)] = FAT_LABEL
+        names[FAT_LABEL] = "subcutaneous_fat"
+    return lab, names
+
+
+def evaluate_totalseg_organs(args) -> str:
+    """``--mode totalseg-organs``: the ct-to-pet pipeline's synthesis on the real TotalSegmentator CT
+    crop; per organ group (physics/organ_uptake.TOTALSEG_GROUPS) the synthetic SUVmean (and the
+    tissue floor's) against the literature FDG range; the CT's OOD verdict."""
+    torch.set_num_threads(max(1, int(getattr(args, "threads", 1) or 1)))
+    shared = Path(getattr(args, "real_data", None) or "../shared/data")
+    ref_dir = shared / "ct_totalseg_example" / "tests" / "reference_files"
+    ct_path = ref_dir / "example_ct_sm.nii.gz"
+    ct = read_image(ct_path)
+    check_ct(ct, str(ct_path))
+    lab, names = totalseg_labels(ref_dir, shared / "ct_totalseg_example" /
+                                 "totalsegmentator_total_class_map.json", ct)
+    nets, card = load_model(getattr(args, "model", None))
+    steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
+    t0 = time.monotonic()
+    pet = sitk.GetArrayFromImage(synthesize(ct, nets, card, steps=steps, seed=args.seed)["pet"])
+    seconds = time.monotonic() - t0
+    spacing_zyx = tuple(float(s) for s in reversed(ct.GetSpacing()))
+    rows = check_organ_uptake(pet, lab, names, TOTALSEG_GROUPS, spacing_zyx)
+    floor = sitk.GetArrayFromImage(floor_prediction(ct, card))
+    floor_rows = {r["organ"]: r for r in check_organ_uptake(floor, lab, names, TOTALSEG_GROUPS, spacing_zyx)}
+    verdict = ood_check(ct)
+    accepted = {o: next((r["inside"] for r in rows if r["organ"] == o), None) for o in ACCEPTANCE_ORGANS}
+    out = {"ct": str(ct_path), "labels": "example_seg.nii.gz (+ tissue_types subcutaneous_fat)",
+           "model": card["id"], "model_version": card.get("version"), "steps": steps, "seed": args.seed,
+           "kvp": "120 (the NIfTI records none)", "seconds": seconds, "organs": rows,
+           "tissue_floor": list(floor_rows.values()), "acceptance_organs_inside": accepted,
+           "ood": verdict.to_dict()}
+    dst = Path(getattr(args, "out", None) or "runs/ct_to_pet/totalseg_organs.json")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(out, indent=2, default=float))
+    table = format_uptake_table(rows).splitlines()
+    table[0] += "   tissue floor"
+    for i, r in enumerate(rows, start=1):
+        f = floor_rows.get(r["organ"])
+        table[i] += f"   {f['suv_mean']:.2f}" if f else ""
+    n_in = sum(bool(v) for v in accepted.values())
+    lines = [f"ct-to-pet on the real TotalSegmentator CT {ct_path.name} ({card['id']} "
+             f"{card.get('version')}, {steps} bridge steps, {seconds:.1f} s); synthetic SUVmean per organ "
+             "vs the literature FDG range (docs/PHYSICS.md, physics/organ_uptake.py)", *table,
+             f"issue 14 acceptance (liver, spleen, muscle, aorta blood pool inside): {n_in}/{len(accepted)} "
+             + str({k: ("inside" if v else "outside" if v is not None else "absent") for k, v in accepted.items()}),
+             "OOD: " + ("; ".join(verdict.reasons) if verdict.reasons else "in distribution"),
+             f"wrote {dst}"]
+    return "\n".join(lines)
+
+
+def evaluate_ood(args) -> str:
+    """``--mode ood``: the out-of-distribution verdict of each --ct."""
+    if not getattr(args, "ct", None):
+        raise InputError("--mode ood needs --ct FILE [FILE ...]")
+    results, lines = {}, []
+    for p in args.ct:
+        verdict = ood_check(read_image(p), getattr(args, "kvp", None))
+        results[str(p)] = verdict.to_dict()
+        m = verdict.measured
+        lines.append(f"{p}: axial FOV {m['axial_fov_mm']:.0f} mm, in-plane {m['inplane_fov_mm']:.0f} mm, "
+                     f"kVp {m['kvp'] if m['kvp'] is not None else 'unknown'}, contrast-like "
+                     f"{m['contrast_ml']:.1f} mL, HU-histogram JS {m['hu_js_distance']:.3f} -> "
+                     + ("OUT OF DISTRIBUTION: " + "; ".join(verdict.reasons) if verdict.reasons
+                        else "in distribution"))
+    if getattr(args, "out", None):
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+        lines.append(f"wrote {args.out}")
+    return "\n".join(lines)
+
+
+def evaluate_ood_reference(args) -> str:
+    """``--mode ood-reference``: training_reference(--cohort) written as a Python module."""
+    if not getattr(args, "cohort", None):
+        raise InputError("--mode ood-reference needs --cohort (the training cohort, e.g. cohorts/train)")
+    ref = training_reference(args.cohort)
+    dst = write_reference_module(ref, getattr(args, "out", None) or ood_reference.__file__)
+    return (f"OOD reference from {len(ref['cases'])} CTs of {args.cohort}: axial FOV {ref['axial_fov_mm']} mm, "
+            f"in-plane {ref['inplane_fov_mm']} mm, contrast-like max {ref['contrast_ml_max']:.1f} mL, "
+            f"nearest-CT HU-histogram JS max {ref['hu_js_nearest_loo_max']:.3f}; wrote {dst}")
 
 
 def format_table(out: dict) -> str:

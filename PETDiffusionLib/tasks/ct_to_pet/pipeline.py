@@ -37,8 +37,10 @@ from PETDiffusionLib.methods.cpdm.networks import downsample_map
 from PETDiffusionLib.methods.cpdm.transforms import pad_to_multiple
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.physics.attenuation import DEFAULT_KVP, attenuation_map
+from PETDiffusionLib.physics.organ_uptake import check_organ_uptake, groups_for_names, outside_targets
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
+from PETDiffusionLib.tasks.ct_to_pet.ood import ood_check
 from PETDiffusionLib.tasks.ct_to_pet.spec import DEFAULT_STEPS, MODEL_ID, SPEC
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,14 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
            "attenuation_map": array_and_image(attenuation_map(ct_arr, kvp, "abella"), ct)}
     if samples > 1:
         out["uncertainty"] = res["std"]
+    # issue 14: how far this CT is from the training CTs (a kVp only when one is known)
+    verdict = ood_check(ct, None if kvp_source.startswith("default") else kvp)
+    ctx.manifest_extra["ood"] = verdict.to_dict()
+    if verdict.reasons:
+        ctx.manifest_extra.setdefault("warnings", []).extend(
+            f"out of distribution: {r}" for r in verdict.reasons)
+        for r in verdict.reasons:
+            ctx.progress.log(f"the CT is out of the model's training distribution: {r}", "warning")
     ctx.manifest_extra.update({
         "model_id": card["id"], "model_version": card.get("version"), "synthetic": True,
         "synthetic_outputs": ["pet_synthetic", "attention_map", "uncertainty"],
@@ -222,11 +232,26 @@ def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params
         organs = resample_to(organs, ct, is_label=True)
     names = organ_names_for(ctx.input_paths.get("organs"))
     kvp, kvp_source = resolve_kvp(ct, params.get("kvp"))
+    extra = {"kVp": kvp, "kVp source": kvp_source, "steps": int(params["steps"]),
+             "samples": int(params["samples"]), "seed": int(params["seed"]),
+             "note": "synthetic PET from CT; research model, not for diagnosis"}
+    # issue 14: organ SUVmean against the literature FDG ranges, when the label names are known
+    if names:
+        rows = check_organ_uptake(sitk.GetArrayFromImage(outputs["pet_synthetic"]),
+                                  sitk.GetArrayFromImage(organs), names, groups_for_names(names),
+                                  tuple(float(s) for s in reversed(ct.GetSpacing())))
+        ctx.manifest_extra["organ_uptake_check"] = rows
+        if outside_targets(rows):
+            ctx.manifest_extra.setdefault("warnings", []).extend(outside_targets(rows))
+            extra["organs outside the FDG ranges"] = " | ".join(outside_targets(rows))
+    else:
+        ctx.manifest_extra["organ_uptake_check"] = "skipped: the organ label names are unknown"
+    ood = ctx.manifest_extra.get("ood", {})
+    if ood.get("out_of_distribution"):
+        extra["OUT OF DISTRIBUTION"] = " | ".join(ood["reasons"])
     rep = make_report(ctx.out_dir, outputs["pet_synthetic"], None, organs, names, task=SPEC.id,
                       model_id=card["id"], model_version=card.get("version"), synthetic=True,
-                      extra={"kVp": kvp, "kVp source": kvp_source, "steps": int(params["steps"]),
-                             "samples": int(params["samples"]), "seed": int(params["seed"]),
-                             "note": "synthetic PET from CT; research model, not for diagnosis"})
+                      extra=extra)
     ctx.manifest_extra["report_files"] = sorted(Path(p).name for p in rep.values())
     return {("report" if k == "report_pdf" else k): Path(p) for k, p in rep.items()}
 
