@@ -2,7 +2,7 @@
 SUVmean (SUVbw) a synthetic or simulated PET is checked against, which label names form each organ,
 and the check itself.
 
-The table, each range's source and how the range was taken from it are in docs/PHYSICS.md
+The table, each range's source and how the range was taken from it are in docs/PHYSICS.md §5.1
 "Physiological FDG uptake by organ (adult, 60 min p.i.)"; the numbers here are that table.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from scipy.ndimage import distance_transform_edt
 log = logging.getLogger(__name__)
 
 # organ -> (lo, hi, source): the plausible SUVmean range (SUVbw) and where it comes from
-# (docs/PHYSICS.md "Physiological FDG uptake by organ"). mean +- 2 SD covers ~95 % of patients.
+# (docs/PHYSICS.md §5.1). mean +- 2 SD covers ~95 % of patients.
 ORGAN_SUV_RANGES: dict[str, tuple[float, float, str]] = {
     "liver": (1.3, 3.0,
               "EANM FDG PET/CT guideline v2.0 (Boellaard et al., EJNMMI 2015;42:328-354): liver SUVmean "
@@ -60,7 +60,7 @@ ORGAN_SUV_RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 # Organs whose uptake follows excretion or diet, not a physiological equilibrium: reported, never
-# counted as a failure (docs/PHYSICS.md "Physiological FDG uptake by organ").
+# counted as a failure (docs/PHYSICS.md §5.1).
 NOT_PHYSIOLOGICAL_TARGETS = frozenset({"myocardium", "kidneys", "bladder"})
 
 # TotalSegmentator v2 "total" class names (../shared/data/ct_totalseg_example/

@@ -10,13 +10,13 @@ filled, as everywhere in this task):
   at >= 150 HU with a median at most 500 HU, an SD below 50 HU and < 2 % of their voxels above
   700 HU). Unenhanced blood and solid organs are 30-65 HU (PHYSICS.md §5), so a contrast-filled
   aorta, heart or enhanced kidney (150-400 HU) is such a region; its lumen is as homogeneous as
-  the CT noise (10-30 HU at 4 mm). Cancellous bone reaches the same HU but not that homogeneity:
+  the CT noise (10-20 HU at 4 mm: phantom/tissues.py CT_NOISE_HU). Cancellous bone reaches the same HU but not that homogeneity:
   on the real TotalSegmentator CT (unenhanced) its vertebrae form one region of SD 104 HU and its
   ribs regions of SD 62-68 HU, with almost no voxel above 700 HU (osteopenic cortex at 3 mm);
 - the HU histogram of the body: Jensen-Shannon distance (base 2, 0 = same, 1 = disjoint) to the
   nearest training CT's histogram (nearest, not the mean: the phantoms' fat/muscle/lung proportions
   differ so much that one phantom is 0.34 from the mean of the others, while every phantom is
-  within 0.10 of another one; real CTs are 0.30-0.44 from the nearest).
+  within 0.10 of another one; real CTs are 0.30-0.51 from the nearest). Thresholds and measurements: docs/PHYSICS.md §5.1..
 
 The training reference (ood_reference.TRAINING_REFERENCE) was computed from the CTs of ``cohorts/train`` (the
 cohort of the shipped cpdm-phantom-2p5d, card training.data) by ``training_reference`` with
