@@ -195,8 +195,8 @@ def ood_check(ct_img: sitk.Image, kvp: float | None = None, reference: dict | No
         reasons.append(f"tube voltage {m['kvp']:.0f} kVp; the model was trained on "
                        f"{', '.join(f'{k:.0f}' for k in lim['kvp'])} kVp CTs")
     if m["contrast_ml"] > lim["contrast_ml_max"]:
-        reasons.append(f"contrast-enhanced CT suspected: {m['contrast_ml']:.0f} mL of 150-600 HU soft "
-                       f"structures without cortical bone (training CTs are unenhanced)")
+        reasons.append(f"contrast-enhanced CT suspected: {m['contrast_ml']:.0f} mL of homogeneous 150-500 HU soft "
+                       f"structures without cortical bone: vessels or organs with iodine (training CTs are unenhanced)")
     if m["hu_js_distance"] > lim["hu_js_max"]:
         reasons.append(f"HU histogram of the body far from the training CTs' (Jensen-Shannon distance "
                        f"{m['hu_js_distance']:.3f} to the nearest, > {lim['hu_js_max']:.3f})")
