@@ -38,6 +38,7 @@ from PETDiffusionLib.models.card import build_network
 from PETDiffusionLib.models.registry import load_model_folder, save_model_folder
 from PETDiffusionLib.phantom.cohort import cases_in_split
 from PETDiffusionLib.training.loop import Stage, StepInfo, TrainConfig, Trainer, TrainOptions, run_stages
+from PETDiffusionLib.training.native_denoise import train_native
 from PETDiffusionLib.training.real_sts import build_cohort
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,11 @@ def stages(cfg: DenoiseSegmentConfig, options: TrainOptions) -> list[Stage]:
 
 
 def train(config: dict, options: TrainOptions | None = None) -> int:
-    """``petdiffusion train denoise-segment``: the stages above; returns 0."""
+    """``petdiffusion train denoise-segment``: the stages above; returns 0. A config with
+    ``"recipe": "native"`` trains the native-resolution denoiser on real PET texture instead
+    (:mod:`PETDiffusionLib.training.native_denoise`)."""
+    if config.get("recipe") == "native":
+        return train_native(config, options)
     options = options or TrainOptions()
     cfg = DenoiseSegmentConfig.from_dict(config)
     if options.run_dir:
