@@ -206,6 +206,87 @@ def denoise_segment_arrays(low: np.ndarray, ct: np.ndarray | None, nets: dict, c
     return out
 
 
+def native_grid(card: dict) -> bool:
+    """True when the card's denoiser runs on the input's own voxels (issue 13), the segmenter on
+    ``preprocessing.spacing_mm``."""
+    return card.get("preprocessing", {}).get("grid") == "native"
+
+
+def _slice_batches(z_n: int, batch: int):
+    return [slice(z0, min(z_n, z0 + batch)) for z0 in range(0, z_n, batch)]
+
+
+@torch.no_grad()
+def denoise_native_arrays(low: np.ndarray, nets: dict, card: dict, steps: int, sampler: str,
+                          samples: int, seed: int, start_fraction: float, progress=None,
+                          device="cpu") -> dict[str, np.ndarray | None]:
+    """f_den + f_rev on the input's own grid ([Z,Y,X] SUV): {"suv", "std" (None for 1 sample)}.
+
+    The network predicts x0 (card ``diffusion.prediction``); one DDIM step from t = T - 1 returns its
+    posterior-mean estimate given the low-count slices, more steps draw sharper samples."""
+    den, rev = nets["denoiser"], nets["revision"]
+    norm = SUVNormalisation(card.get("preprocessing", {}).get("suv_cutoff", 20.0))
+    dcfg = card.get("diffusion", {})
+    diffusion = ConditionalDiffusion(int(dcfg.get("num_train_timesteps", 250)),
+                                     dcfg.get("schedule", "cosine"), dcfg.get("prediction", "sample"))
+    net = den if diffusion.prediction != "epsilon" else ClippedEpsilon(den, diffusion.alphas_cumprod)
+    k = den.context
+    ys, xs = _body_box(low)
+    low_p, (h, w) = _pad_to(low[:, ys, xs], den.divisor, 0.0)
+    low_t = torch.from_numpy(low_p.astype(np.float32)).to(device)
+    cond_all = slices_25d(norm.to_x(low_t), k)
+    full = start_fraction >= 1.0
+    out_suv, out_std = [], []
+    batches = _slice_batches(low_t.shape[0], card_defaults(card)["slice_batch"])
+    for bi, zs in enumerate(batches):
+        cond = cond_all[zs]
+
+        def prog(f, bi=bi):
+            if progress is not None:
+                progress((bi + f) / len(batches))
+        res = diffusion.sample(net, cond, steps=steps, sampler=sampler, seed=seed + 7919 * bi,
+                               n_samples=samples, start_image=None if full else cond[:, k:k + 1],
+                               start_fraction=None if full else start_fraction, progress=prog)
+        u_lc = norm.to_u(low_t[zs])[:, None]
+        stack = torch.stack([norm.u_to_suv(rev(norm.x_to_u(x), u_lc)) for x in res.samples])
+        out_suv.append(stack.mean(0)[:, 0])
+        out_std.append(stack.std(0, unbiased=False)[:, 0])
+
+    def back(parts, outside: np.ndarray):
+        full_a = outside.astype(np.float32)
+        full_a[:, ys, xs] = torch.cat(parts).cpu().numpy()[:, :h, :w]
+        return full_a
+    # outside the body box the input is (near) zero: the input there, no spread
+    return {"suv": back(out_suv, np.clip(low, 0, None)),
+            "std": back(out_std, np.zeros_like(low)) if samples > 1 else None}
+
+
+@torch.no_grad()
+def segment_arrays(suv: np.ndarray, low: np.ndarray, ct: np.ndarray | None, nets: dict,
+                   card: dict, device="cpu") -> dict[str, np.ndarray]:
+    """f_seg (Eq. 8) on the working grid: {"lesion_prob", "organs"} from the denoised and the
+    low-count SUV (and the CT in HU when given)."""
+    seg = nets["segmenter"]
+    norm = SUVNormalisation(card.get("preprocessing", {}).get("suv_cutoff", 20.0))
+    ys, xs = _body_box(low)
+    suv_p, (h, w) = _pad_to(suv[:, ys, xs], seg.divisor, 0.0)
+    low_p = _pad_to(low[:, ys, xs], seg.divisor, 0.0)[0]
+    ct_p = None if ct is None else _pad_to(ct[:, ys, xs], seg.divisor, CT_AIR_HU)[0]
+    les, org = [], []
+    for zs in _slice_batches(suv_p.shape[0], card_defaults(card)["slice_batch"]):
+        u = norm.to_u(torch.from_numpy(suv_p[zs].astype(np.float32)).to(device))[:, None]
+        u_lc = norm.to_u(torch.from_numpy(low_p[zs].astype(np.float32)).to(device))[:, None]
+        c = None if ct_p is None else torch.from_numpy(ct_p[zs].astype(np.float32)).to(device)[:, None]
+        les_logits, org_logits = seg(segmenter_input(u, u_lc, c, seg.use_ct))
+        les.append(torch.softmax(les_logits, 1)[:, 1])
+        org.append(org_logits.argmax(1))
+    prob = np.zeros(low.shape, np.float32)
+    organs = np.zeros(low.shape, np.uint8)
+    prob[:, ys, xs] = torch.cat(les).cpu().numpy()[:, :h, :w]
+    organs[:, ys, xs] = torch.cat(org).cpu().numpy()[:, :h, :w].astype(np.uint8)
+    return {"lesion_prob": prob, "organs": organs}
+
+
 def lesion_mask_from_prob(prob: np.ndarray, threshold: float, min_ml: float,
                           voxel_ml: float) -> np.ndarray:
     """Threshold the lesion probability; drop 18-connected components smaller than ``min_ml``."""
@@ -237,23 +318,40 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
     if ct is not None:
         ct_w = sitk.Resample(ct, work, sitk.Transform(), sitk.sitkLinear, CT_AIR_HU, sitk.sitkFloat32)
         ct_arr = sitk.GetArrayFromImage(ct_w)
-    res = denoise_segment_arrays(low, ct_arr, nets, card, steps, sampler,
-                                 int(params.get("samples", 1)), int(params.get("seed", 0)),
-                                 start_fraction, progress, device, keep_hc)
+    samples, seed = int(params.get("samples", 1)), int(params.get("seed", 0))
+    native = native_grid(card)
+    if native:
+        # issue 13: f_den on the input's own voxels, f_seg on the working grid it was trained on
+        nat = sitk.DICOMOrient(sitk.Cast(pet, sitk.sitkFloat32), "LPS")
+        den = denoise_native_arrays(np.clip(sitk.GetArrayFromImage(nat), 0, None), nets, card,
+                                    steps, sampler, samples, seed, start_fraction,
+                                    None if progress is None else (lambda f: progress(0.8 * f)),
+                                    device)
+        den_img = array_and_image(den["suv"], nat)
+        res = segment_arrays(sitk.GetArrayFromImage(resample_to(den_img, work)), low, ct_arr, nets,
+                             card, device)
+        if progress is not None:
+            progress(0.95)
+    else:
+        res = denoise_segment_arrays(low, ct_arr, nets, card, steps, sampler, samples, seed,
+                                     start_fraction, progress, device, keep_hc)
     voxel_ml = float(np.prod(work.GetSpacing())) / 1000.0
     threshold = float(params.get("lesion_threshold") or defaults["lesion_threshold"])
     les = lesion_mask_from_prob(res["lesion_prob"], threshold,
                                 float(params.get("lesion_min_ml", 0.2)), voxel_ml)
     out = {
-        "pet_denoised": resample_to(array_and_image(res["suv"], work), pet),
+        "pet_denoised": (resample_to(den_img, pet) if native
+                         else resample_to(array_and_image(res["suv"], work), pet)),
         "lesions": resample_to(array_and_image(les, work), pet, is_label=True),
         "organs": resample_to(array_and_image(res["organs"], work), pet, is_label=True),
     }
     out["lesions"] = sitk.Cast(out["lesions"], sitk.sitkUInt8)
     out["organs"] = sitk.Cast(out["organs"], sitk.sitkUInt8)
-    if res["std"] is not None:
+    if native and den["std"] is not None:
+        out["uncertainty"] = resample_to(array_and_image(den["std"], nat), pet)
+    elif not native and res["std"] is not None:
         out["uncertainty"] = resample_to(array_and_image(res["std"], work), pet)
-    if keep_hc:
+    if keep_hc and not native:
         out["pet_hc"] = resample_to(array_and_image(res["suv_hc"], work), pet)
         out["lesion_prob"] = resample_to(array_and_image(res["lesion_prob"].astype(np.float32),
                                                          work), pet)
@@ -261,6 +359,9 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
                     "lesion_threshold": threshold,
                     "working_spacing_mm": list(work.GetSpacing()),
                     "working_size": list(work.GetSize()),
+                    "denoise_grid": ("native: the input's own voxels, "
+                                     + " x ".join(f"{v:.2f}" for v in pet.GetSpacing()) + " mm")
+                    if native else "the working grid",
                     "organ_labels": {i: n for i, n in enumerate(ORGAN_CLASSES) if i > 0}}
     return out
 
