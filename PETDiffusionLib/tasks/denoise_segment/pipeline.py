@@ -39,6 +39,7 @@ from PETDiffusionLib.io.images import array_and_image, resample_to, to_working_g
 from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES, SUVNormalisation, segmenter_input
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.quant.lesions import label_lesions
+from PETDiffusionLib.quant.physiology import suppress_physiological
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.denoise_segment.guards import input_warnings
@@ -48,6 +49,7 @@ from PETDiffusionLib.tasks.denoise_segment.spec import (CT_AIR_HU, LESION_PROB_T
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACING_MM = (4.0, 4.0, 5.0)   # working grid when a card names none (the shipped cards')
+ORGAN_NAMES = {i: n for i, n in enumerate(ORGAN_CLASSES) if i > 0}   # the segmenter's labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,6 +341,11 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
     threshold = float(params.get("lesion_threshold") or defaults["lesion_threshold"])
     les = lesion_mask_from_prob(res["lesion_prob"], threshold,
                                 float(params.get("lesion_min_ml", 0.2)), voxel_ml)
+    les_all, dropped = les, []   # physiological uptake is no lesion (quant/physiology.py)
+    if not params.get("keep_physiological", False):
+        suv_w = sitk.GetArrayFromImage(resample_to(den_img, work)) if native else res["suv"]
+        les, dropped = suppress_physiological(les, suv_w, res["organs"], ORGAN_NAMES,
+                                              work.GetSpacing(), ct_arr, work.GetOrigin())
     out = {
         "pet_denoised": (resample_to(den_img, pet) if native
                          else resample_to(array_and_image(res["suv"], work), pet)),
@@ -355,8 +362,11 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
         out["pet_hc"] = resample_to(array_and_image(res["suv_hc"], work), pet)
         out["lesion_prob"] = resample_to(array_and_image(res["lesion_prob"].astype(np.float32),
                                                          work), pet)
+    if keep_hc:
+        out["lesions_unsuppressed"] = sitk.Cast(resample_to(array_and_image(les_all, work), pet,
+                                                            is_label=True), sitk.sitkUInt8)
     out["_info"] = {"steps": steps, "sampler": sampler, "start_fraction": start_fraction,
-                    "lesion_threshold": threshold,
+                    "lesion_threshold": threshold, "physiological_uptake_removed": dropped,
                     "working_spacing_mm": list(work.GetSpacing()),
                     "working_size": list(work.GetSize()),
                     "denoise_grid": ("native: the input's own voxels, "
