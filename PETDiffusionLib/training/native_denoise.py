@@ -146,22 +146,35 @@ def _load_real(job: dict) -> tuple[np.ndarray, np.ndarray | None, tuple[float, f
     return suv, mu, tuple(pet.GetSpacing())
 
 
+def _regrid(arr: np.ndarray, sp, s: float) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Re-grid [Z,Y,X] in-plane to square voxels of about ``s`` mm (linear): both axes get the x
+    axis's exact spacing, the y extent is kept to within half a voxel (a training image only)."""
+    ny, nx = arr.shape[1:]
+    nx2 = max(1, round(nx * sp[0] / s))
+    s2 = sp[0] * nx / nx2
+    ny2 = max(1, round(ny * sp[1] / s2))
+    return zoom(arr, (1, ny2 / ny, nx2 / nx), order=1, grid_mode=True, mode="nearest"), (s2, s2, sp[2])
+
+
 def make_pair(job: dict) -> dict:
-    """One bank pair from a real source (run in a worker process): writes ``job["out"]``."""
+    """One bank pair from a real source (run in a worker process): writes ``job["out"]``; a pair
+    already written by an interrupted bank stage is reused (the draws are the same: same seed)."""
     torch.set_num_threads(1)
     cfg = NativeConfig.from_dict(job["cfg"])
     rng = np.random.default_rng(job["seed"])
-    suv, mu, sp = _load_real(job)
+    done = Path(job["out"]).is_file()
+    suv, mu, sp = (None, None, None) if done else _load_real(job)
     meta = {"source": job["source"], "fine": job["fine"]}
     if job["fine"]:
         s = float(rng.uniform(*cfg.fine_spacing_mm))
-        f = sp[0] / s
-        ny, nx = suv.shape[1:]
-        suv = np.clip(zoom(suv, (1, f, f), order=1), 0, None)
-        mu = None if mu is None else zoom(mu, (1, f, f), order=1)
-        sp = (sp[0] * nx / suv.shape[2], sp[1] * ny / suv.shape[1], sp[2])
         sref = _random_settings(rng, cfg)
-        ref = simulate_low_count(suv, sp, 1.0, sref, int(rng.integers(1 << 30)), mu)
+        ref_seed = int(rng.integers(1 << 30))
+        if not done:
+            suv, sp2 = _regrid(suv, sp, s)
+            suv = np.clip(suv, 0, None)
+            mu = None if mu is None else _regrid(mu, sp, s)[0]
+            sp = sp2
+            ref = simulate_low_count(suv, sp, 1.0, sref, ref_seed, mu)
         meta["reference"] = {"full_count_recon": sref.to_dict()}
     else:
         ref = suv
@@ -169,12 +182,21 @@ def make_pair(job: dict) -> dict:
     lo, hi = cfg.fraction_range
     frac = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     slow = _random_settings(rng, cfg)
-    low = simulate_low_count(ref, sp, frac, slow, int(rng.integers(1 << 30)), mu)
-    body = body_outline(ref, sp)
+    low_seed = int(rng.integers(1 << 30))
+    if done:
+        z = np.load(job["out"])
+        low, ref, body = z["low"].astype(np.float32), z["ref"].astype(np.float32), z["body"]
+        sp = tuple(float(v) for v in z["spacing"])
+    else:
+        low = simulate_low_count(ref, sp, frac, slow, low_seed, mu)
+        body = body_outline(ref, sp)
     meta.update({"fraction": frac, "settings": slow.to_dict(), "spacing_mm_xyz": list(sp),
                  "shape_zyx": list(ref.shape), "noise_index": noise_index(low, ref, body)})
-    np.savez(job["out"], low=low.astype(np.float16), ref=ref.astype(np.float16),
-             body=body, spacing=np.asarray(sp, np.float32))
+    if not done:
+        tmp = job["out"] + ".tmp.npz"
+        np.savez(tmp, low=low.astype(np.float16), ref=ref.astype(np.float16),
+                 body=body, spacing=np.asarray(sp, np.float32))
+        Path(tmp).replace(job["out"])
     return meta
 
 
@@ -283,7 +305,8 @@ def native_loss(batch: dict, nets: dict, diffusion: ConditionalDiffusion, norm: 
     pred = den(torch.cat([x_t, cond], 1), t)
     w = 1.0 + ref.clamp(0, norm.cutoff)
     loss = ((pred - x0) ** 2 * w).sum() / w.sum()
-    return loss, {"loss_top": float(((pred - x0) ** 2 * w)[top].sum() / w[top].sum().clamp_min(1e-6))}
+    err = ((pred - x0) ** 2 * w).detach()
+    return loss, {"loss_top": float(err[top].sum() / w[top].sum().clamp_min(1e-6))}
 
 
 # --------------------------------------------------------------------------------------------
