@@ -32,6 +32,8 @@ from PETDiffusionLib.io.images import array_and_image, to_working_grid, write_im
 from PETDiffusionLib.phantom.cohort import case_info
 from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
 from PETDiffusionLib.physics.attenuation import hu_to_mu
+# the split rule lives with the task (issue 13): training imports it, never the other way
+from PETDiffusionLib.tasks.denoise_segment.realval import EXCLUDED, split_of
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,6 @@ WORKING_SPACING_MM = (4.0, 4.0, 5.0)  # the denoise-segment model's working grid
 SOFT_TISSUE_MU_PER_CM = 0.096         # PHYSICS.md Sec. 3: water/soft tissue at 511 keV
 BODY_SUV = 0.05                       # SUV above which a voxel of a crop without CT is body
 CT_AIR_HU = -1000.0                   # PHYSICS.md Sec. 3: air
-EXCLUDED = ("STS_001", "STS_002")     # issue 6: the two petct_sts cases stay out of fine-tuning
-VALIDATION_EVERY = 3                  # every third case (by id) is validation
-
-
-def split_of(case_id: str) -> str:
-    """``validation`` for every third STS id (STS_015, STS_018, ...), else ``finetune``."""
-    n = int(case_id.split("_")[-1])
-    return "validation" if n % VALIDATION_EVERY == 0 else "finetune"
 
 
 def _square_pad(arrs: list[np.ndarray], values: list[float]) -> tuple[list[np.ndarray], tuple]:

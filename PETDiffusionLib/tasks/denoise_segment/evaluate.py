@@ -8,6 +8,8 @@ Modes (``--mode``, default ``cohort``):
   TLG errors, organ SUVmean bias and SUVmax in true lesions; table on stdout, JSON in ``--out``.
 - ``steps-curve``, ``calibrate-lesions`` (``--write-card``), ``real-check`` and
   ``validate-segmenter``: see :mod:`PETDiffusionLib.tasks.denoise_segment.studies`.
+- ``real-validation`` (``--json PATH``): the fixed real split (sarcoma crops and the whole-body study)
+  against tuned Gaussian, NLM and BM4D: see :mod:`PETDiffusionLib.tasks.denoise_segment.realval`.
 
 Only validation cases are used to choose anything (Gaussian width, lesion threshold, steps);
 held-out cases are only scored.
@@ -32,14 +34,14 @@ from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES
 from PETDiffusionLib.phantom.cohort import case_info, cases_by_index, cases_in_split, list_cases
 from PETDiffusionLib.physics.attenuation import BODY_HU
 from PETDiffusionLib.quant.metrics import dice, nrmse
-from PETDiffusionLib.tasks.denoise_segment import lesion_study, studies
+from PETDiffusionLib.tasks.denoise_segment import lesion_study, realval, studies
 from PETDiffusionLib.tasks.denoise_segment.pipeline import denoise_segment_image, load_model
 from PETDiffusionLib.tasks.denoise_segment.spec import SPEC
 
 log = logging.getLogger(__name__)
 
 MODES = ("cohort", "steps-curve", "calibrate-lesions", "real-check", "validate-segmenter",
-         "lesion-fp")
+         "real-validation", "lesion-fp")
 EVAL_CLASSES = ("lesion", "liver", "lung", "bone", "kidney", "spleen", "aorta", "muscle")
 GAUSS_SIGMAS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)   # candidate widths (sigma, mm)
 ORACLE_FRACTION = 0.41          # PHYSICS.md Sec. 2: relative 41 % of each lesion's SUVmax
@@ -54,7 +56,8 @@ def add_evaluate_args(parser) -> None:
                              "vs sampling steps; calibrate-lesions: choose the lesion threshold "
                              "(--write-card stores it in the model card); real-check: the real "
                              "sarcoma PET STS_001/STS_002 against their GTV; validate-segmenter: "
-                             "Dice of a segmenter-only run (--run)")
+                             "Dice of a segmenter-only run (--run); real-validation: the fixed "
+                             "real split vs tuned Gaussian, NLM and BM4D (--json)")
     parser.add_argument("--cohort", default=None,
                         help="folder of case_XXXX/ studies (cohort, steps-curve: required; "
                              "calibrate-lesions: default cohorts/train; real-check: the folder of "
@@ -87,6 +90,8 @@ def add_evaluate_args(parser) -> None:
     parser.add_argument("--png", default=None, help="steps-curve: plot file")
     parser.add_argument("--run", default=None,
                         help="validate-segmenter: run folder of a segmenter-only training")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="real-validation: write the figures (per case, tuned baselines) as JSON")
 
 
 def _ints(text) -> list[int]:
@@ -98,6 +103,13 @@ def evaluate(args) -> str:
     mode = getattr(args, "mode", "cohort") or "cohort"
     if mode == "cohort":
         return evaluate_cohort(args)
+    if mode == "real-validation":  # the fixed real split vs Gaussian / NLM / BM4D (realval.py)
+        res = realval.real_validation(getattr(args, "model", None), _ints(args.fractions),
+                                      max_cases=getattr(args, "max_cases", 0) or 0)
+        if getattr(args, "json", None):
+            atomic_write_text(Path(args.json), json.dumps(res, indent=1, default=float))
+            return f"{realval.format_table(res)}\nwrote {args.json}"
+        return realval.format_table(res)
     if mode == "lesion-fp":  # FP / FN volumes with and without physiological uptake (lesion_study.py)
         res = lesion_study.lesion_fp_study(getattr(args, "model", None),
                                            args.cohort or lesion_study.PHANTOM_COHORT,
