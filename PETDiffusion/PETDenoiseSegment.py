@@ -62,6 +62,7 @@ class PETDenoiseSegmentParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     lesionMinMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.2
+    keepPhysiological: bool = False
     sampler: Annotated[str, Choice(["ddim", "ddpm", "dpmpp2m"])] = "ddim"
     startFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
@@ -118,7 +119,7 @@ class PETDenoiseSegmentLogic(ScriptedLoadableModuleLogic, TaskLogic):
     # task parameter -> parameter node field
     parameter_fields = {"steps": "steps", "samples": "samples", "seed": "seed", "sampler": "sampler",
                         "start_fraction": "startFraction", "lesion_threshold": "lesionThreshold",
-                        "lesion_min_ml": "lesionMinMl"}
+                        "lesion_min_ml": "lesionMinMl", "keep_physiological": "keepPhysiological"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -92,6 +92,9 @@ class NativeConfig:
     num_train_timesteps: int = 250     # AMDiff Sec. 3.2: T = 250
     top_t_fraction: float = 0.5        # share of samples at t = T - 1 (the posterior-mean estimate)
     denoiser: dict = field(default_factory=lambda: {"context": 2, "channels": [24, 48, 96, 96]})
+    residual: bool = True              # f_den corrects the low-count slice (ResidualDenoiser)
+    hot_patch_fraction: float = 0.3    # patches centred on the hottest voxels (lesions, bladder)
+    loss_weight_power: float = 2.0     # weight (1 + SUV)^p of the log-unit error; p = 2 is the SUV MSE
     revision: dict = field(default_factory=lambda: {"hidden": 16, "layers": 3})
     segmenter_from: str = "PETDiffusionLib/models/amdiff-sts-2p5d"
     supported_spacing_mm: dict = field(default_factory=lambda: {"inplane": [1.5, 6.0],
@@ -251,6 +254,7 @@ class PairSampler:
                 self.phantom.append(self._pad(low.astype(np.float16), ref.astype(np.float16),
                                               ref > 0.05))
         self.phantom_weight = cfg.phantom_weight if self.phantom else 0.0
+        self.hot_fraction = cfg.hot_patch_fraction
         log.info("sampler: %d real pairs, %d phantom pairs", len(self.real), len(self.phantom))
 
     def _load(self, z) -> tuple:
@@ -262,14 +266,23 @@ class PairSampler:
         pads = ((0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
         low, ref, body = (np.pad(a, pads) for a in (low, ref, body))
         zs = np.nonzero(body.any((1, 2)))[0]
-        return low, ref, body, zs
+        r = ref.astype(np.float32)
+        hot = np.argwhere(r >= max(float(np.percentile(r[body], 99.5)) if body.any() else 1.0, 1.0))
+        return low, ref, body, zs, hot
 
     def batch(self, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         conds, targets = [], []
         for _ in range(n):
             pool = self.phantom if rng.random() < self.phantom_weight else self.real
-            low, ref, body, zs = pool[int(rng.integers(len(pool)))]
-            for _try in range(6):
+            low, ref, body, zs, hot = pool[int(rng.integers(len(pool)))]
+            h = self.p // 2
+            if len(hot) and rng.random() < self.hot_fraction:
+                z, yc, xc = (int(v) for v in hot[int(rng.integers(len(hot)))])
+                y0 = int(np.clip(yc - h + rng.integers(-h // 2, h // 2 + 1), 0, low.shape[1] - self.p))
+                x0 = int(np.clip(xc - h + rng.integers(-h // 2, h // 2 + 1), 0, low.shape[2] - self.p))
+            else:
+                z = None
+            for _try in range(6 if z is None else 0):
                 z = int(zs[int(rng.integers(len(zs)))])
                 y0 = int(rng.integers(0, low.shape[1] - self.p + 1))
                 x0 = int(rng.integers(0, low.shape[2] - self.p + 1))
@@ -288,9 +301,10 @@ class PairSampler:
 
 
 def native_loss(batch: dict, nets: dict, diffusion: ConditionalDiffusion, norm: SUVNormalisation,
-                top_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """x0-prediction loss of f_den, weighted by (1 + SUV) so that hot structures count (the metric is
-    in SUV, the network works in log units: dSUV = (1 + SUV) log(21) du)."""
+                top_fraction: float, gen: torch.Generator, power: float = 2.0
+                ) -> tuple[torch.Tensor, dict]:
+    """x0-prediction loss of f_den, the log-unit error weighted by (1 + SUV)^power: the metric is in
+    SUV and dSUV = (1 + SUV) log(21) du, so power 2 is (to first order) the SUV mean squared error."""
     den = nets["denoiser"]
     low, ref = batch["low"], batch["ref"]
     cond = norm.to_x(low)
@@ -303,7 +317,7 @@ def native_loss(batch: dict, nets: dict, diffusion: ConditionalDiffusion, norm: 
     noise = torch.randn(x0.shape, generator=gen)
     x_t = diffusion.scheduler.add_noise(x0, noise, t)
     pred = den(torch.cat([x_t, cond], 1), t)
-    w = 1.0 + ref.clamp(0, norm.cutoff)
+    w = (1.0 + ref.clamp(0, norm.cutoff)) ** power
     loss = ((pred - x0) ** 2 * w).sum() / w.sum()
     err = ((pred - x0) ** 2 * w).detach()
     return loss, {"loss_top": float(err[top].sum() / w[top].sum().clamp_min(1e-6))}
@@ -315,7 +329,7 @@ def native_loss(batch: dict, nets: dict, diffusion: ConditionalDiffusion, norm: 
 def _networks(cfg: NativeConfig, revision: bool = False) -> dict:
     """f_den (trained here) and, for the export, f_rev: its body ends in a zero-initialised layer,
     so untrained it is exactly the paper's skip of the input above the cut-off (Eq. 6)."""
-    specs = amdiff_networks.network_specs(cfg.denoiser, cfg.revision, {})
+    specs = amdiff_networks.network_specs(cfg.denoiser, cfg.revision, {}, cfg.residual)
     torch.manual_seed(cfg.seed)
     nets = {"denoiser": build_network(specs["denoiser"])}
     if revision:
@@ -324,7 +338,8 @@ def _networks(cfg: NativeConfig, revision: bool = False) -> dict:
 
 
 def model_card(cfg: NativeConfig, steps: int, command: str, bank: dict, seg_card: dict) -> dict:
-    specs = amdiff_networks.network_specs(cfg.denoiser, cfg.revision, seg_card["networks"]["segmenter"]["args"])
+    specs = amdiff_networks.network_specs(cfg.denoiser, cfg.revision,
+                                          seg_card["networks"]["segmenter"]["args"], cfg.residual)
     return {"id": cfg.export_id, "version": cfg.export_version, "task": TASK, "networks": specs,
             "preprocessing": {"suv_cutoff": SUVNormalisation().cutoff,
                               "context_slices": int(cfg.denoiser.get("context", 1)),
@@ -358,7 +373,8 @@ def stages(cfg: NativeConfig, options: TrainOptions) -> list[Stage]:
         diffusion = ConditionalDiffusion(cfg.num_train_timesteps, "cosine", "sample")
 
         def loss_fn(batch, networks, info: StepInfo):
-            return native_loss(batch, networks, diffusion, norm, cfg.top_t_fraction, info.generator)
+            return native_loss(batch, networks, diffusion, norm, cfg.top_t_fraction, info.generator,
+                               cfg.loss_weight_power)
 
         tcfg = TrainConfig(lr=cfg.lr, max_steps=cfg.max_steps, batch_size=cfg.batch, warmup=cfg.warmup,
                            ema_decay=cfg.ema, grad_clip=1.0, ckpt_every=cfg.ckpt_every,

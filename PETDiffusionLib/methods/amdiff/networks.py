@@ -149,6 +149,23 @@ class Denoiser(nn.Module):
         return self.out(h)
 
 
+class ResidualDenoiser(Denoiser):
+    """:class:`Denoiser` for x0-prediction whose output is a correction of the low-count slice:
+    ``x0_hat = I_LC(centre slice, network units) + net(...)``. Residual learning (Zhang et al.,
+    DnCNN, IEEE TIP 2017) starts from the identity, so hot lesions keep their values from the first
+    step instead of being re-learnt; the diffusion input x_t is unchanged (Eq. 2). The last
+    convolution starts at zero, so the untrained network is exactly the identity."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        centre = x[:, 1 + self.context:2 + self.context]
+        return centre + super().forward(x, t)
+
+
 # --------------------------------------------------------------------------------------------
 # f_rev: denoising revision (Sec. 2.2.1, Eq. 6)
 # --------------------------------------------------------------------------------------------
@@ -309,7 +326,15 @@ NETWORK_CLASSES = {"denoiser": "PETDiffusionLib.methods.amdiff.networks.Denoiser
 """The model card's class path of each AMDiff network (models.card.build_network builds them)."""
 
 
-def network_specs(denoiser: dict, revision: dict, segmenter: dict) -> dict[str, dict]:
-    """Card specs {name: {"class", "args"}} of the three networks from their constructor args."""
+RESIDUAL_DENOISER_CLASS = "PETDiffusionLib.methods.amdiff.networks.ResidualDenoiser"
+
+
+def network_specs(denoiser: dict, revision: dict, segmenter: dict,
+                  residual: bool = False) -> dict[str, dict]:
+    """Card specs {name: {"class", "args"}} of the three networks from their constructor args
+    (``residual``: f_den is a :class:`ResidualDenoiser`)."""
     args = {"denoiser": denoiser, "revision": revision, "segmenter": segmenter}
-    return {name: {"class": NETWORK_CLASSES[name], "args": dict(a)} for name, a in args.items()}
+    specs = {name: {"class": NETWORK_CLASSES[name], "args": dict(a)} for name, a in args.items()}
+    if residual:
+        specs["denoiser"]["class"] = RESIDUAL_DENOISER_CLASS
+    return specs

@@ -40,6 +40,9 @@ SPEC = TaskSpec(
                   "(calibrated on its validation cases)", 0.0, 0.95),
         Parameter("lesion_min_ml", float, 0.2, "drop predicted lesions smaller than this (mL)",
                   0.0, 100.0),
+        Parameter("keep_physiological", bool, False, "keep lesion components the physiological "
+                  "uptake rules would drop (kidney, bladder, ureter, brain, myocardium; "
+                  "quant/physiology.py)"),
     ),
     outputs=(
         Output("pet_denoised", "pet_denoised.nii.gz", "volume", "denoised PET (synthetic)",
