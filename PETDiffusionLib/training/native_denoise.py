@@ -351,6 +351,7 @@ def model_card(cfg: NativeConfig, steps: int, command: str, bank: dict, seg_card
             "diffusion": {"schedule": "cosine", "prediction": "sample",
                           "num_train_timesteps": cfg.num_train_timesteps},
             "inference": {"steps": 1, "sampler": "ddim", "start_fraction": 1.0,
+                          "count_preserving": True,
                           "noise_index_range": bank["noise_index_range"],
                           "count_level": "estimated by the network from the image (blind); the "
                                          "noise index range of the training pairs is kept for the "

@@ -38,6 +38,7 @@ from PETDiffusionLib.io.checks import check_ct_hu, check_suv_image
 from PETDiffusionLib.io.images import array_and_image, resample_to, to_working_grid
 from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES, SUVNormalisation, segmenter_input
 from PETDiffusionLib.models.registry import load_model_folder
+from PETDiffusionLib.physics.lowcount import body_outline
 from PETDiffusionLib.quant.lesions import label_lesions
 from PETDiffusionLib.quant.physiology import suppress_physiological
 from PETDiffusionLib.report.pdf import make_report
@@ -221,11 +222,13 @@ def _slice_batches(z_n: int, batch: int):
 @torch.no_grad()
 def denoise_native_arrays(low: np.ndarray, nets: dict, card: dict, steps: int, sampler: str,
                           samples: int, seed: int, start_fraction: float, progress=None,
-                          device="cpu") -> dict[str, np.ndarray | None]:
+                          device="cpu", spacing_xyz=None) -> dict:
     """f_den + f_rev on the input's own grid ([Z,Y,X] SUV): {"suv", "std" (None for 1 sample)}.
 
     The network predicts x0 (card ``diffusion.prediction``); one DDIM step from t = T - 1 returns its
-    posterior-mean estimate given the low-count slices, more steps draw sharper samples."""
+    posterior-mean estimate given the low-count slices, more steps draw sharper samples. With the
+    card's ``inference.count_preserving`` (and ``spacing_xyz``), the output is scaled to the input's
+    total in the body ("count_factor")."""
     den, rev = nets["denoiser"], nets["revision"]
     norm = SUVNormalisation(card.get("preprocessing", {}).get("suv_cutoff", 20.0))
     dcfg = card.get("diffusion", {})
@@ -259,8 +262,18 @@ def denoise_native_arrays(low: np.ndarray, nets: dict, card: dict, steps: int, s
         full_a[:, ys, xs] = torch.cat(parts).cpu().numpy()[:, :h, :w]
         return full_a
     # outside the body box the input is (near) zero: the input there, no spread
-    return {"suv": back(out_suv, np.clip(low, 0, None)),
-            "std": back(out_std, np.zeros_like(low)) if samples > 1 else None}
+    suv = back(out_suv, np.clip(low, 0, None))
+    factor = 1.0
+    if card.get("inference", {}).get("count_preserving", False) and spacing_xyz is not None:
+        # the measured total activity in the body is what the counts determine (ML-EM keeps the
+        # total, Shepp & Vardi 1982); a denoiser only redistributes it (PHYSICS.md §4.2)
+        body = body_outline(low, spacing_xyz)
+        total = float(suv[body].sum())
+        if body.any() and total > 0:
+            factor = float(np.clip(low[body].sum(), 0, None)) / total
+            suv *= factor
+    return {"suv": suv, "std": back(out_std, np.zeros_like(low)) if samples > 1 else None,
+            "count_factor": factor}
 
 
 @torch.no_grad()
@@ -328,7 +341,7 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
         den = denoise_native_arrays(np.clip(sitk.GetArrayFromImage(nat), 0, None), nets, card,
                                     steps, sampler, samples, seed, start_fraction,
                                     None if progress is None else (lambda f: progress(0.8 * f)),
-                                    device)
+                                    device, nat.GetSpacing())
         den_img = array_and_image(den["suv"], nat)
         res = segment_arrays(sitk.GetArrayFromImage(resample_to(den_img, work)), low, ct_arr, nets,
                              card, device)
@@ -372,6 +385,7 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
                     "denoise_grid": ("native: the input's own voxels, "
                                      + " x ".join(f"{v:.2f}" for v in pet.GetSpacing()) + " mm")
                     if native else "the working grid",
+                    "count_factor": round(den["count_factor"], 4) if native else None,
                     "organ_labels": {i: n for i, n in enumerate(ORGAN_CLASSES) if i > 0}}
     return out
 
