@@ -16,7 +16,17 @@ from PETDiffusionLib.physics.organ_uptake import (NOT_PHYSIOLOGICAL_TARGETS, ORG
 from PETDiffusionLib.tasks.ct_to_pet.ood import ood_check
 from PETDiffusionLib.tasks.runner import run_task
 
-HELDOUT_CT = Path("cohorts/heldout/case_0000/ct.nii.gz")
+from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
+
+HELDOUT_SEED = 90000   # the held-out cohort's seed (README: --n 12 --seed 90000); case 0 made here
+
+
+@pytest.fixture(scope="module")
+def heldout_ct(tmp_path_factory) -> Path:
+    """cohorts/heldout case 0 (git-ignored), generated the same way in a temporary folder."""
+    out = tmp_path_factory.mktemp("heldout")
+    generate_cohort(out, 1, HELDOUT_SEED, PhantomConfig())
+    return out / "case_0000" / "ct.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -120,23 +130,23 @@ def test_blood_pool_is_measured_in_the_vessel_core_not_its_wall():
 # --------------------------------------------------------------------------------------------
 # the out-of-distribution flag
 
-def test_a_held_out_phantom_ct_is_in_distribution():
-    verdict = ood_check(read_image(HELDOUT_CT))
+def test_a_held_out_phantom_ct_is_in_distribution(heldout_ct):
+    verdict = ood_check(read_image(heldout_ct))
     assert verdict.reasons == [] and not verdict.out_of_distribution
     assert verdict.measured["axial_fov_mm"] == 800.0 and verdict.measured["kvp"] is None
     assert verdict.measured["hu_js_distance"] < verdict.thresholds["hu_js_max"]
 
 
-def test_a_phantom_ct_cropped_to_100_mm_is_flagged_for_its_field_of_view():
-    ct = read_image(HELDOUT_CT)
+def test_a_phantom_ct_cropped_to_100_mm_is_flagged_for_its_field_of_view(heldout_ct):
+    ct = read_image(heldout_ct)
     verdict = ood_check(ct[:, :, 60:80])  # 20 slices of 5 mm
     assert verdict.measured["axial_fov_mm"] == 100.0
     assert any(r.startswith("axial field of view 100 mm") for r in verdict.reasons)
     assert not any("in-plane" in r for r in verdict.reasons)
 
 
-def test_a_phantom_ct_at_80_kvp_is_flagged_and_at_120_is_not():
-    ct = read_image(HELDOUT_CT)
+def test_a_phantom_ct_at_80_kvp_is_flagged_and_at_120_is_not(heldout_ct):
+    ct = read_image(heldout_ct)
     assert any(r.startswith("tube voltage 80 kVp") for r in ood_check(ct, kvp=80).reasons)
     assert ood_check(ct, kvp=120).reasons == []
 
@@ -166,14 +176,14 @@ def test_the_real_ct_with_contrast_filled_vessels_and_kidneys_is_flagged_for_con
     assert any(r.startswith("contrast-enhanced CT suspected") for r in verdict.reasons)
 
 
-def test_the_run_manifest_carries_the_ood_verdict_and_the_organ_check(tmp_path):
-    ct = read_image(HELDOUT_CT)[:, :, 60:80]
-    organs = read_label(HELDOUT_CT.parent / "organs.nii.gz")[:, :, 60:80]
+def test_the_run_manifest_carries_the_ood_verdict_and_the_organ_check(tmp_path, heldout_ct):
+    ct = read_image(heldout_ct)[:, :, 60:80]
+    organs = read_label(heldout_ct.parent / "organs.nii.gz")[:, :, 60:80]
     case_dir = tmp_path / "case"
     case_dir.mkdir()
     sitk.WriteImage(ct, str(case_dir / "ct.nii.gz"))
     sitk.WriteImage(organs, str(case_dir / "organs.nii.gz"))
-    (case_dir / "case.json").write_text((HELDOUT_CT.parent / "case.json").read_text())  # the label names
+    (case_dir / "case.json").write_text((heldout_ct.parent / "case.json").read_text())  # the label names
     manifest = run_task("ct-to-pet", {"ct": str(case_dir / "ct.nii.gz"), "organs": str(case_dir / "organs.nii.gz")},
                         {"steps": 2, "seed": 0}, tmp_path / "out")
     man = json.loads(manifest.read_text())

@@ -371,8 +371,11 @@ def denoise_segment_image(pet: sitk.Image, ct: sitk.Image | None, nets: dict, ca
         out["uncertainty"] = resample_to(array_and_image(den["std"], nat), pet)
     elif not native and res["std"] is not None:
         out["uncertainty"] = resample_to(array_and_image(res["std"], work), pet)
-    if keep_hc and not native:
-        out["pet_hc"] = resample_to(array_and_image(res["suv_hc"], work), pet)
+    if keep_hc:
+        # native: f_rev's body is the untrained zero layer, so the diffusion output below the
+        # cut-off is the denoised PET itself
+        out["pet_hc"] = (out["pet_denoised"] if native
+                         else resample_to(array_and_image(res["suv_hc"], work), pet))
         out["lesion_prob"] = resample_to(array_and_image(res["lesion_prob"].astype(np.float32),
                                                          work), pet)
     if keep_hc:
