@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PETDiffusionLib.errors import InputError
-from PETDiffusionLib.quant.lesions import CONNECTIVITY_18, binary_array, label_lesions
+from PETDiffusionLib.quant.lesions import CONNECTIVITY_18, binary_array
 
 
 def _arr(x, name: str) -> np.ndarray:
@@ -165,31 +165,14 @@ def _untouched_voxels(a: np.ndarray, b: np.ndarray) -> int:
     return int(sizes[~touched].sum())
 
 
-def _component_volume_not_overlapping(a, b, spacing_xyz, a_name: str, b_name: str) -> float:
-    """mL of the 18-connected components of mask ``a`` that share no voxel with mask ``b``."""
-    ma, mb = binary_array(a, a_name), binary_array(b, b_name)
-    if ma.shape != mb.shape:
-        raise InputError(f"shape {ma.shape} differs from {mb.shape}", a_name)
-    labels, n = label_lesions(ma)
-    if n == 0:
-        return 0.0
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    hit = np.zeros(n + 1, bool)
-    hit[np.unique(labels[mb])] = True
-    hit[0] = True
-    return float(sizes[~hit].sum()) * float(np.prod(spacing_xyz)) / 1000.0
-
-
 def false_positive_volume_ml(pred, truth, spacing_xyz) -> float:
     """autoPET false-positive volume (mL): the predicted connected components (18-connectivity,
-    :func:`PETDiffusionLib.quant.lesions.label_lesions`) that overlap no ground-truth voxel
+    the same components as :func:`autopet_fp_fn_volumes`) that overlap no ground-truth voxel
     (Gatidis et al., autoPET, Sci Data 2022; the challenge's ``false_pos_pix``)."""
-    return _component_volume_not_overlapping(pred, truth, spacing_xyz, "predicted mask",
-                                             "ground-truth mask")
+    return autopet_fp_fn_volumes(pred, truth, spacing_xyz)[0]
 
 
 def false_negative_volume_ml(pred, truth, spacing_xyz) -> float:
     """autoPET false-negative volume (mL): the ground-truth components that no predicted voxel
     overlaps (Gatidis et al. 2022; the challenge's ``false_neg_pix``)."""
-    return _component_volume_not_overlapping(truth, pred, spacing_xyz, "ground-truth mask",
-                                             "predicted mask")
+    return autopet_fp_fn_volumes(pred, truth, spacing_xyz)[1]
