@@ -186,7 +186,8 @@ def test_denoise_segment_drops_the_demo_bladder_and_kidney(tmp_path):
     nets, card = load_model(None, "cpu")
     res = denoise_segment_image(pet, ct, nets, card, {}, keep_hc=True)
     dropped = res["_info"]["physiological_uptake_removed"]
-    assert sorted(d["reason"] for d in dropped) == ["bladder", "kidney"]
+    # the bladder and kidney components (how many depends on the model), no other rule
+    assert {d["reason"] for d in dropped} == {"bladder", "kidney"}
     json.dumps(dropped)                          # goes into manifest.json as it is
     organs = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "organs.nii.gz")))[:44]
     names = json.loads((case / "case.json").read_text())["organ_labels"]

@@ -17,7 +17,8 @@ connectivity of :func:`PETDiffusionLib.quant.lesions.label_lesions`) by these ru
   :data:`BLADDER_BELOW_KIDNEY_MM` below the kidneys' inferior end.
 - ``ureter``: a thin, craniocaudally elongated component between the bladder and kidney levels.
 - ``brain``: a component near the midline in the top :data:`BRAIN_FROM_TOP_MM` of the body whose hot
-  region is brain-sized, or is cut by the top of the field of view.
+  region is brain-sized, or is cut by the top of the field of view, and (when the kidneys are
+  found) at least :data:`BRAIN_ABOVE_KIDNEY_MM` above them.
 - ``myocardium``: a heart-sized hot region between the lungs (in z inside both lungs' extent, in x
   between their centres).
 
@@ -84,6 +85,11 @@ URETER_MIDLINE_MM = 100.0
 BRAIN_FROM_TOP_MM = 130.0
 BRAIN_MIDLINE_MM = 80.0
 BRAIN_HOT_ML = (50.0, 2000.0)
+#: and never below the head: with the kidneys found, the brain lies at least this far above their
+#: centre (kidneys at L1-L2, about 0.60 H above the floor, the skull base at about 0.87 H: Winter,
+#: Biomechanics and Motor Control of Human Movement, Fig. 4.1 segment lengths; 0.27 H is 400 mm at
+#: 1.50 m). Without it the top of a field of view cut at the abdomen looked like a head.
+BRAIN_ABOVE_KIDNEY_MM = 300.0
 #: myocardium: the left-ventricular wall is 100-150 g (about 95-140 mL; Gray's Anatomy); its hot
 #: region at 50 % of SUVmax, blurred by the PET resolution, 30-1000 mL (this project's choice; 210-230
 #: mL measured in petwb_sts001). "Between the lungs": x within LUNG_X_MARGIN_MM of the span between
@@ -197,7 +203,9 @@ def _reason(an: _Anatomy, comp: np.ndarray, coords: np.ndarray, hot_ml: float, h
                 and width <= URETER_MAX_WIDTH_MM and len(coords) * sx * sy * sz / 1000 <= URETER_MAX_ML
                 and dmid <= URETER_MIDLINE_MM):
             return "ureter"
-    if ((an.top_z - zc) * sz <= BRAIN_FROM_TOP_MM and dmid <= BRAIN_MIDLINE_MM
+    head_level = (an.kidney_centre_z is None
+                  or (zc - an.kidney_centre_z) * sz >= BRAIN_ABOVE_KIDNEY_MM)
+    if (head_level and (an.top_z - zc) * sz <= BRAIN_FROM_TOP_MM and dmid <= BRAIN_MIDLINE_MM
             and (BRAIN_HOT_ML[0] <= hot_ml <= BRAIN_HOT_ML[1] or (hot_top and hot_ml <= BRAIN_HOT_ML[1]))):
         return "brain"
     # the heart is above the diaphragm, the kidneys below it: with kidneys found, a component
