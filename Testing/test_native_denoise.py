@@ -119,3 +119,21 @@ def test_a_native_card_denoises_on_the_input_voxels_and_segments_on_the_working_
     np.testing.assert_allclose(nat["suv"], pipeline.denoise_native_arrays(
         np.clip(sitk.GetArrayFromImage(low), 0, None), nets, card, 1, "ddim", 1, 0, 1.0)["suv"])
     assert nat["suv"].shape == suv.shape and nat["std"] is None
+
+
+def test_the_real_steps_curve_scores_every_point_chooses_the_fewest_good_steps_and_measures_the_sd(
+        tmp_path):
+    from PETDiffusionLib.tasks.denoise_segment import realcurve
+    model = _tiny_native_model(tmp_path / "m")
+    res = realcurve.real_steps_curve(model, 10, max_cases=1, modes=(("ddim", 1.0), ("ddim", 0.5)),
+                                     steps_list=(1, 2), samples=2, data_dir=STS)
+    assert res["cases"] == ["STS_015"]                     # the first validation crop, never trained on
+    assert [(p["start_fraction"], p["steps"]) for p in res["points"]] == [(1.0, 1), (1.0, 2),
+                                                                         (0.5, 1), (0.5, 2)]
+    best = min(p["body_nrmse_median"] for p in res["points"])
+    chosen = [p for p in res["points"] if all(p[k] == res["chosen"][k] for k in res["chosen"])][0]
+    assert chosen["body_nrmse_median"] <= best * (1 + realcurve.WITHIN_BEST)
+    assert all(p["body_nrmse_median"] > 0 for p in res["points"])
+    (u,) = res["uncertainty"]["per_case"]
+    assert u["sd_mean_over_suv_mean"] > 0 and -1 <= u["spearman_sd_vs_abs_error"] <= 1
+    assert "chosen" in realcurve.format_table(res)

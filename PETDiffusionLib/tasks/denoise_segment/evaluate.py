@@ -34,14 +34,14 @@ from PETDiffusionLib.methods.amdiff.networks import ORGAN_CLASSES
 from PETDiffusionLib.phantom.cohort import case_info, cases_by_index, cases_in_split, list_cases
 from PETDiffusionLib.physics.attenuation import BODY_HU
 from PETDiffusionLib.quant.metrics import dice, nrmse
-from PETDiffusionLib.tasks.denoise_segment import lesion_study, realval, studies
+from PETDiffusionLib.tasks.denoise_segment import lesion_study, realcurve, realval, studies
 from PETDiffusionLib.tasks.denoise_segment.pipeline import denoise_segment_image, load_model
 from PETDiffusionLib.tasks.denoise_segment.spec import SPEC
 
 log = logging.getLogger(__name__)
 
 MODES = ("cohort", "steps-curve", "calibrate-lesions", "real-check", "validate-segmenter",
-         "real-validation", "lesion-fp")
+         "real-validation", "lesion-fp", "real-steps-curve")
 EVAL_CLASSES = ("lesion", "liver", "lung", "bone", "kidney", "spleen", "aorta", "muscle")
 GAUSS_SIGMAS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)   # candidate widths (sigma, mm)
 ORACLE_FRACTION = 0.41          # PHYSICS.md Sec. 2: relative 41 % of each lesion's SUVmax
@@ -110,6 +110,14 @@ def evaluate(args) -> str:
             atomic_write_text(Path(args.json), json.dumps(res, indent=1, default=float))
             return f"{realval.format_table(res)}\nwrote {args.json}"
         return realval.format_table(res)
+    if mode == "real-steps-curve":  # steps and the uncertainty map on real crops (realcurve.py)
+        res = realcurve.real_steps_curve(getattr(args, "model", None), _ints(args.fractions)[0],
+                                         getattr(args, "max_cases", 0) or 5,
+                                         steps_list=tuple(_ints(args.steps_list)))
+        if getattr(args, "out", None):
+            atomic_write_text(Path(args.out), json.dumps(res, indent=1, default=float))
+            return f"{realcurve.format_table(res)}\nwrote {args.out}"
+        return realcurve.format_table(res)
     if mode == "lesion-fp":  # FP / FN volumes with and without physiological uptake (lesion_study.py)
         res = lesion_study.lesion_fp_study(getattr(args, "model", None),
                                            args.cohort or lesion_study.PHANTOM_COHORT,
