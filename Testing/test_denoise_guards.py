@@ -69,10 +69,11 @@ def test_the_slice_axis_is_the_head_feet_axis_of_a_sagittal_series():
     assert "slice spacing 9.00 mm" in w
 
 
-def test_todays_cards_without_a_spacing_range_give_no_spacing_warning():
-    # the shipped cards resample every input to their working grid: no native range to leave
-    assert voxel_size_warnings(pet_with_spacing((0.8, 0.8, 9.0)), {"id": MODEL_ID}) == []
-    assert count_level_warning(5.0, {"id": MODEL_ID, "inference": {"steps": 2}}) is None
+def test_working_grid_cards_without_a_spacing_range_give_no_spacing_warning():
+    # the working-grid cards resample every input to their grid: no native range to leave
+    card = {"id": "amdiff-sts-2p5d", "inference": {"steps": 2}}
+    assert voxel_size_warnings(pet_with_spacing((0.8, 0.8, 9.0)), card) == []
+    assert count_level_warning(5.0, card) is None
 
 
 def test_the_count_level_warning_fires_only_beyond_1_5_times_the_training_range():
@@ -141,8 +142,8 @@ def test_a_count_level_far_outside_the_cards_range_is_in_the_manifest_and_the_re
     model = tmp_path / "model"
     shutil.copytree(resolve_model(MODEL_ID), model)     # the shipped folder, its card edited here
     card = json.loads((model / "card.json").read_text())
-    assert "noise_index_range" not in card["inference"]  # today's card: no count-level claim
-    card["inference"]["noise_index_range"] = [0.01, 0.02]   # far less noise than this input
+    assert card["inference"]["noise_index_range"]           # the default card's training range,
+    card["inference"]["noise_index_range"] = [0.01, 0.02]   # replaced: far less noise than this input
     (model / "card.json").write_text(json.dumps(card))
     manifest = json.loads(run_task("denoise-segment", {"pet": str(small_pet)}, {},
                                    tmp_path / "out", device="cpu", model_path=str(model)).read_text())

@@ -228,11 +228,12 @@ def test_shipped_real_finetuned_model_loads_and_its_card_states_data_split_and_f
     assert not set(real["settings"]["cases"]) & {"case_0001", "case_0002"}
     for f in ("10", "5"):
         assert real["summary"][f]["dice"]["model"]["lesion"]["mean"] is not None
-    # it is the task's default model, and both shipped AMDiff models carry a lesion threshold
-    # calibrated on the phantom validation cases
+    # the native-resolution model is the task's default now (issue 13); both working-grid AMDiff
+    # models carry a lesion threshold calibrated on the phantom validation cases, as it does
     _, default = ds.load_model(None, "cpu")
-    assert default["id"] == MODEL_ID == "amdiff-sts-2p5d"
-    for mid in ("amdiff-sts-2p5d", "amdiff-phantom-2p5d"):
+    assert default["id"] == MODEL_ID == "amdiff-native-2p5d"
+    assert default["preprocessing"]["grid"] == "native" and default["evaluation_real"]["result"]
+    for mid in ("amdiff-native-2p5d", "amdiff-sts-2p5d", "amdiff-phantom-2p5d"):
         _, c = ds.load_model(mid, "cpu")
         cal = c["lesion_threshold_calibration"]
         assert c["inference"]["lesion_threshold"] == cal["chosen"]["threshold"]

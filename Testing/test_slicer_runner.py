@@ -28,7 +28,7 @@ from PETDiffusionSlicer.logic import TaskLogic  # noqa: E402
 from PETDiffusionSlicer.runner import TaskError, TaskRun, task_spec  # noqa: E402
 
 SHIPPED = {"ct-to-pet": ROOT / "PETDiffusionLib" / "models" / "cpdm-phantom-2p5d",
-           "denoise-segment": ROOT / "PETDiffusionLib" / "models" / "amdiff-sts-2p5d"}
+           "denoise-segment": ROOT / "PETDiffusionLib" / "models" / "amdiff-native-2p5d"}
 
 
 def _tiny_ct_to_pet_model(folder: Path) -> Path:
