@@ -14,13 +14,16 @@ import SimpleITK as sitk
 import torch
 
 from PETDiffusionLib.cli.main import build_parser
+from PETDiffusionLib.diffusion.edm import EDM
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import get_units, is_synthetic, read_image
 from PETDiffusionLib.methods.totalgen import batches, intensities
 from PETDiffusionLib.methods.totalgen.data import (HR_SHAPE, LR_SHAPE, ORGAN_GROUP_ID,
                                                    REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
                                                    load_cohort, out_of_range, simulate_subject)
-from PETDiffusionLib.methods.totalgen.synthesis import OUTPUT_LABELS, body_box, synthesize
+from PETDiffusionLib.methods.totalgen.intensities import demographic_channels
+from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, body_box,
+                                                        sample_global, synthesize)
 from PETDiffusionLib.tasks.registry import task_spec
 from PETDiffusionLib.tasks.runner import run_task
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
@@ -174,3 +177,42 @@ def test_body_box_is_aligned_and_covers_the_body():
     box = body_box(ct, margin=8, multiple=4)
     assert [(s.start, s.stop) for s in box] == [(2, 58), (22, 78), (32, 100)]
     assert all((s.stop - s.start) % 4 == 0 for s in box)
+
+
+def test_a_standardised_stage_one_keeps_its_statistics_and_reuses_the_sr_of_another_model(tmp_path, tiny):
+    """Stage 1 standardised per channel (mean 0, SD sigma_data = 0.5 over the training voxels) and
+    stage 2 taken from an existing model (sr_from): no sr stage runs, the export holds the
+    statistics and that model's SR weights, and a sample comes back to network units."""
+    cfg = json.loads(json.dumps(tiny["cfg"]))
+    cfg.update(run_dir=str(tmp_path / "run"), export=str(tmp_path / "model"), sr_from=str(tiny["model"]))
+    cfg["global"]["standardise"] = True
+    assert recipe.train(cfg, TrainOptions(config_path="std.json")) == 0
+    assert not (tmp_path / "run" / "sr").exists()
+    arrays, _ = load_cohort(cfg["train_dir"])
+    mean, std = recipe.channel_statistics(arrays)
+    x = np.concatenate([batches.hr_channels(a).reshape(8, -1) * 2 - 1 for a in arrays], axis=1)
+    np.testing.assert_allclose(mean.numpy(), x.mean(1), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), np.maximum(x.std(1), recipe.STD_FLOOR), atol=1e-5)
+    nets, card = load_model(tmp_path / "model", "cpu")
+    g = nets["global"]
+    assert card["networks"]["global"]["args"]["standardise"] is True
+    assert torch.allclose(g.data_mean, mean) and torch.allclose(g.data_std, std)
+    assert card["training"]["stages"]["sr"]["reused_from"].startswith("totalgen")
+    donor, _ = load_model(tiny["model"], "cpu")
+    for k, v in donor["sr"].state_dict().items():
+        assert torch.equal(nets["sr"].state_dict()[k], v)
+    b = batches.global_batch(arrays, load_cohort(cfg["train_dir"])[1], 2, np.random.default_rng(0))
+    z = g.to_standard(b["x0"])
+    assert torch.allclose(g.from_standard(z), b["x0"], atol=1e-5)
+    all_z = g.to_standard(torch.from_numpy(x.astype(np.float32)).T.reshape(1, -1, 8).permute(0, 2, 1))
+    big = std.numpy() > recipe.STD_FLOOR
+    np.testing.assert_allclose(all_z[0].std(1).numpy()[big], 0.5, rtol=1e-3)
+    # the sampler's output is mapped back: sample_global = from_standard(EDM sample), clamped
+    demo = intensities.demographic_vector(58, "M", 177, 83)
+    cond = demographic_channels(torch.tensor([demo], dtype=torch.float32), LR_SHAPE)
+    raw = EDM().sample(g, shape=(1, 8, *LR_SHAPE), cond=cond, steps=2, seed=1).samples[0]
+    lr = sample_global(g, demo, 2, 1)
+    torch.testing.assert_close(lr, g.from_standard(raw)[0].clamp(-1, 1))
+    assert not torch.allclose(lr, raw[0].clamp(-1, 1))
+    out = synthesize(nets, 58.0, "M", 177.0, 83.0, steps=2, sr_steps=1, seed=1)
+    assert out.ct_hu.shape == HR_SHAPE and np.isfinite(out.suv).all()

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from PETDiffusionLib.diffusion.edm import SIGMA_DATA
+
 
 class PixelNorm(nn.Module):
     """x / rms over channels, per voxel (EDM2 §3, 'pixel norm')."""
@@ -82,9 +84,15 @@ class EDMUNet3d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, base: int = 16,
                  mults: tuple[int, ...] | list[int] = (1, 2, 4), emb_dim: int = 64,
-                 full_res_blocks: bool = True, norm: str = "pixel"):
+                 full_res_blocks: bool = True, norm: str = "pixel", standardise: bool = False):
         super().__init__()
         self.full_res_blocks = bool(full_res_blocks)
+        self.standardise = bool(standardise)
+        if self.standardise:
+            # per-channel mean and SD of the training data in network units, set by the recipe
+            # before training and saved with the weights (see to_standard)
+            self.register_buffer("data_mean", torch.zeros(out_channels))
+            self.register_buffer("data_std", torch.ones(out_channels))
         mults = tuple(int(m) for m in mults)
         self.levels = len(mults)
         chans = [base * m for m in mults]
@@ -106,6 +114,24 @@ class EDMUNet3d(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def to_standard(self, x: torch.Tensor) -> torch.Tensor:
+        """Data in network units -> the diffusion's space: each channel shifted to mean 0 and scaled
+        to SD ``SIGMA_DATA`` (0.5, EDM's assumed data SD; Karras et al. 2022 §5). Without it the
+        stage-1 data have SD 0.21 around -0.8 (mostly air and empty organ channels) and the
+        low-noise levels, which make the organs, were hardly learned (card 0.2.0). Identity for a
+        network built without ``standardise``."""
+        if not self.standardise:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.data_mean.view(shape)) / self.data_std.view(shape) * SIGMA_DATA
+
+    def from_standard(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_standard`."""
+        if not self.standardise:
+            return z
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return z / SIGMA_DATA * self.data_std.view(shape) + self.data_mean.view(shape)
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         emb = F.silu(self.emb(self.fourier(c_noise.reshape(-1).expand(x.shape[0]))))
         h = self.inp(x)
@@ -125,9 +151,10 @@ class EDMUNet3d(nn.Module):
 
 
 def unet_spec(in_channels: int, out_channels: int, base: int, mults, emb_dim: int = 64,
-              full_res_blocks: bool = True, norm: str = "pixel") -> dict:
+              full_res_blocks: bool = True, norm: str = "pixel", standardise: bool = False) -> dict:
     """The card entry ``{"class", "args"}`` that ``models.card.build_network`` rebuilds."""
     return {"class": "PETDiffusionLib.methods.totalgen.networks.EDMUNet3d",
             "args": {"in_channels": int(in_channels), "out_channels": int(out_channels),
                      "base": int(base), "mults": [int(m) for m in mults], "emb_dim": int(emb_dim),
-                     "full_res_blocks": bool(full_res_blocks), "norm": str(norm)}}
+                     "full_res_blocks": bool(full_res_blocks), "norm": str(norm),
+                     **({"standardise": True} if standardise else {})}}

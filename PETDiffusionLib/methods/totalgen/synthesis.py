@@ -68,7 +68,14 @@ def sample_global(net, demo: list[float], steps: int, seed: int, s_churn: float 
     n = 2 + len(ORGAN_CHANNELS)
     res = EDM().sample(net, shape=(1, n, *LR_SHAPE), cond=cond, steps=steps, seed=seed,
                        s_churn=s_churn, progress=progress)
-    return res.samples[0, 0].clamp(-1.0, 1.0)
+    return _from_standard(net, res.samples[0])[0].clamp(-1.0, 1.0)
+
+
+def _from_standard(net, z: torch.Tensor) -> torch.Tensor:
+    """A stage-1 sample back to network units (a standardised network's per-channel statistics,
+    networks.EDMUNet3d.to_standard; identity for the 0.x networks without them)."""
+    inverse = getattr(net, "from_standard", None)
+    return inverse(z) if inverse is not None else z
 
 
 def sr_condition(demo: list[float]) -> torch.Tensor:
@@ -151,7 +158,7 @@ def sample_global_batch(net, demos: list[list[float]], steps: int, seed: int) ->
     cond = demographic_channels(torch.tensor(demos, dtype=torch.float32), LR_SHAPE).to(_device(net))
     n = 2 + len(ORGAN_CHANNELS)
     res = EDM().sample(net, shape=(len(demos), n, *LR_SHAPE), cond=cond, steps=steps, seed=seed)
-    return res.samples[0].clamp(-1.0, 1.0)
+    return _from_standard(net, res.samples[0]).clamp(-1.0, 1.0)
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -48,7 +49,8 @@ def network_specs(cfg: dict) -> dict[str, dict]:
     g, s = cfg["global"], cfg["sr"]
     n_data = 2 + len(ORGAN_CHANNELS)
     return {"global": unet_spec(n_data + N_DEMO, n_data, g["base"], g["mults"],
-                                norm=g.get("norm", "pixel")),
+                                norm=g.get("norm", "pixel"),
+                                standardise=bool(g.get("standardise", False))),
             "sr": unet_spec(2 + 2 + N_POS + N_DEMO, 2, s["base"], s["mults"],
                             full_res_blocks=bool(s.get("full_res_blocks", False)),
                             norm=s.get("norm", "pixel"))}
@@ -57,7 +59,7 @@ def network_specs(cfg: dict) -> dict[str, dict]:
 def _trainer(cfg: dict, block: dict, folder: Path, name: str, net, loss_fn, batch_fn,
              options: TrainOptions) -> Trainer:
     tc = {"lr": block["lr"], "max_steps": block["steps"], "warmup": block.get("warmup", 0),
-          "min_lr_ratio": 1.0, "ema_decay": block.get("ema_decay", 0.99), "seed": cfg["seed"],
+          "min_lr_ratio": block.get("min_lr_ratio", 1.0), "ema_decay": block.get("ema_decay", 0.99), "seed": cfg["seed"],
           "num_threads": cfg.get("threads", 1), "progress_bar": False, "log_every": 10,
           "device": options.device or "cpu", **cfg.get("trainer", {})}
     if "max_minutes" in block:
@@ -75,14 +77,46 @@ def _fit(trainer: Trainer, options: TrainOptions, name: str) -> dict:
             "loss_last5_mean": sum(tail) / len(tail) if tail else None}
 
 
+STD_FLOOR = 0.05
+"""Smallest per-channel SD used to standardise (network units): keeps a channel that is nearly
+constant in the training data (an organ absent from most boxes) from being blown up."""
+
+
+def channel_statistics(arrays: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and SD (network units, 2u - 1) over every voxel of the training subjects'
+    HR boxes (the 64 stratified LR sub-samplings of a box hold exactly its voxels)."""
+    total = None
+    count = 0
+    for a in arrays:
+        x = batches.hr_channels(a).reshape(len(ORGAN_CHANNELS) + 2, -1).astype(np.float64) * 2 - 1
+        moments = np.stack([x.sum(1), (x * x).sum(1)])
+        total = moments if total is None else total + moments
+        count += x.shape[1]
+    mean = total[0] / count
+    std = np.sqrt(np.maximum(total[1] / count - mean ** 2, 0.0))
+    return (torch.tensor(mean, dtype=torch.float32),
+            torch.tensor(np.maximum(std, STD_FLOOR), dtype=torch.float32))
+
+
 def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
     block = cfg["global"]
     arrays, infos = load_cohort(cfg["train_dir"])
     net = build_network(network_specs(cfg)["global"], "global")
+    stats = {}
+    if getattr(net, "standardise", False):
+        mean, std = channel_statistics(arrays)
+        net.data_mean.copy_(mean)
+        net.data_std.copy_(std)
+        stats = {"channel_mean": [round(float(v), 4) for v in mean],
+                 "channel_std": [round(float(v), 4) for v in std]}
+        log.info("stage 1 standardised: mean %s, SD %s", stats["channel_mean"], stats["channel_std"])
     edm = EDM()
 
     def batch_fn(step, rng):
-        return batches.global_batch(arrays, infos, block["batch"], rng)
+        b = batches.global_batch(arrays, infos, block["batch"], rng)
+        if stats:
+            b["x0"] = net.to_standard(b["x0"])
+        return b
 
     def loss_fn(batch, nets, info):
         x0 = batch["x0"]
@@ -95,7 +129,7 @@ def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
 
     tr = _trainer(cfg, block, folder, "global", net, loss_fn, batch_fn, options)
     return {**_fit(tr, options, "global"), "subjects": len(arrays),
-            "lr_volumes": len(arrays) * FACTOR ** 3}
+            "lr_volumes": len(arrays) * FACTOR ** 3, **stats}
 
 
 def train_sr(cfg: dict, options: TrainOptions, folder: Path) -> dict:
@@ -123,14 +157,27 @@ def train_sr(cfg: dict, options: TrainOptions, folder: Path) -> dict:
 
 def _ema_network(cfg: dict, run_dir: Path, name: str):
     net = build_network(network_specs(cfg)[name], name)
-    state = load_file(str(run_dir / name / "checkpoint" / "ema.safetensors"))
+    if name == "sr" and cfg.get("sr_from"):
+        # stage 2 reused from a shipped model folder (its weights and card) instead of retrained
+        state = load_file(str(Path(cfg["sr_from"]) / "model.safetensors"))
+    else:
+        state = load_file(str(run_dir / name / "checkpoint" / "ema.safetensors"))
     prefix = f"{name}."
     net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     return net
 
 
+def _sr_summary(cfg: dict, run_dir: Path) -> dict:
+    """The sr stage's summary: its own, or that of the card it is reused from (``sr_from``)."""
+    if cfg.get("sr_from"):
+        card = json.loads((Path(cfg["sr_from"]) / "card.json").read_text())
+        return {**card["training"]["stages"]["sr"], "reused_from": f"{card['id']} {card['version']}"}
+    return json.loads((run_dir / "sr" / "summary.json").read_text())
+
+
 def export(cfg: dict, run_dir: Path, command: str) -> dict:
-    summaries = {n: json.loads((run_dir / n / "summary.json").read_text()) for n in ("global", "sr")}
+    summaries = {"global": json.loads((run_dir / "global" / "summary.json").read_text()),
+                 "sr": _sr_summary(cfg, run_dir)}
     nets = {n: _ema_network(cfg, run_dir, n) for n in ("global", "sr")}
     card = {
         "id": cfg["model_id"], "task": "synthesize", "version": cfg.get("version", "0.1.0"),
@@ -178,7 +225,7 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
 
     return [Stage("prepare", prepare, rank0_only=True),
             Stage("global", lambda d: train_global(cfg, options, d)),
-            Stage("sr", lambda d: train_sr(cfg, options, d)),
+            *([] if cfg.get("sr_from") else [Stage("sr", lambda d: train_sr(cfg, options, d))]),
             Stage("export", lambda d: export(cfg, run_dir, command), rank0_only=True)]
 
 
