@@ -2,6 +2,7 @@
 and the training bank's pairs (real data from ../shared/data; tiny random networks, no training)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -137,3 +138,19 @@ def test_the_real_steps_curve_scores_every_point_chooses_the_fewest_good_steps_a
     (u,) = res["uncertainty"]["per_case"]
     assert u["sd_mean_over_suv_mean"] > 0 and -1 <= u["spearman_sd_vs_abs_error"] <= 1
     assert "chosen" in realcurve.format_table(res)
+
+
+def test_a_fine_tune_starts_from_the_init_model_denoiser_and_a_mismatch_is_refused(tmp_path):
+    cfg = native_denoise.NativeConfig(denoiser={"context": 2, "channels": [8, 16, 16, 16]}, seed=7)
+    fresh = native_denoise.initial_networks(cfg)["denoiser"].state_dict()
+    folder = _tiny_native_model(tmp_path / "init")          # seed 0: other weights than seed 7
+    shipped, _ = pipeline.load_model(folder, "cpu")
+    tuned = native_denoise.initial_networks(dataclasses.replace(cfg, init_from=str(folder)))
+    got = tuned["denoiser"].state_dict()
+    want = shipped["denoiser"].state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(fresh[k], want[k]) for k in want)
+    wider = dataclasses.replace(cfg, init_from=str(folder), denoiser={"context": 2, "channels": [8, 16, 32, 32]})
+    with pytest.raises(InputError, match="does not match"):
+        native_denoise.initial_networks(wider)

@@ -97,6 +97,7 @@ class NativeConfig:
     loss_weight_power: float = 2.0     # weight (1 + SUV)^p of the log-unit error; p = 2 is the SUV MSE
     revision: dict = field(default_factory=lambda: {"hidden": 16, "layers": 3})
     segmenter_from: str = "PETDiffusionLib/models/amdiff-sts-2p5d"
+    init_from: str = ""                # a model folder whose denoiser starts the training (fine-tune)
     supported_spacing_mm: dict = field(default_factory=lambda: {"inplane": [1.5, 6.0],
                                                                 "slice": [1.5, 6.0]})
     segment_spacing_mm: list[float] = field(default_factory=lambda: [4.0, 4.0, 5.0])
@@ -337,6 +338,21 @@ def _networks(cfg: NativeConfig, revision: bool = False) -> dict:
     return nets
 
 
+def initial_networks(cfg: NativeConfig) -> dict:
+    """The networks a training starts from: freshly initialised, or with the denoiser of the
+    model folder ``cfg.init_from`` (a fine-tune; same architecture, the state dict must match)."""
+    nets = _networks(cfg)
+    if cfg.init_from:
+        init_nets, init_card = load_model_folder(cfg.init_from, task=TASK)
+        try:
+            nets["denoiser"].load_state_dict(init_nets["denoiser"].state_dict())
+        except RuntimeError as exc:
+            raise InputError(f"{cfg.init_from}: its denoiser does not match the configured "
+                             f"architecture {cfg.denoiser} ({str(exc).splitlines()[0]})") from exc
+        log.info("denoiser initialised from %s %s", init_card["id"], init_card["version"])
+    return nets
+
+
 def model_card(cfg: NativeConfig, steps: int, command: str, bank: dict, seg_card: dict) -> dict:
     specs = amdiff_networks.network_specs(cfg.denoiser, cfg.revision,
                                           seg_card["networks"]["segmenter"]["args"], cfg.residual)
@@ -369,7 +385,7 @@ def stages(cfg: NativeConfig, options: TrainOptions) -> list[Stage]:
         return build_bank(cfg, folder)
 
     def train_networks(folder: Path) -> dict:
-        nets = _networks(cfg)
+        nets = initial_networks(cfg)
         sampler = PairSampler(cfg, run / "bank")
         diffusion = ConditionalDiffusion(cfg.num_train_timesteps, "cosine", "sample")
 
