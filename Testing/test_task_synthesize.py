@@ -216,3 +216,28 @@ def test_a_standardised_stage_one_keeps_its_statistics_and_reuses_the_sr_of_anot
     assert not torch.allclose(lr, raw[0].clamp(-1, 1))
     out = synthesize(nets, 58.0, "M", 177.0, 83.0, steps=2, sr_steps=1, seed=1)
     assert out.ct_hu.shape == HR_SHAPE and np.isfinite(out.suv).all()
+
+
+def test_stage_one_fine_tunes_from_another_model_with_its_own_floor_and_refuses_another_shape(tmp_path, tiny):
+    """global.init_from starts stage 1 from another model's weights (at learning rate 0 the export
+    keeps them exactly), the statistics are computed again with global.std_floor, and a donor of
+    another architecture is refused naming it."""
+    cfg = json.loads(json.dumps(tiny["cfg"]))
+    cfg.update(run_dir=str(tmp_path / "run"), export=str(tmp_path / "model"), sr_from=str(tiny["model"]))
+    cfg["global"].update(standardise=True, std_floor=0.3, init_from=str(tiny["model"]), lr=0.0)
+    assert recipe.train(cfg, TrainOptions(config_path="ft.json")) == 0
+    nets, card = load_model(tmp_path / "model", "cpu")
+    donor, _ = load_model(tiny["model"], "cpu")
+    own = nets["global"].state_dict()
+    for k, v in donor["global"].state_dict().items():
+        assert torch.equal(own[k], v), k
+    arrays, _ = load_cohort(cfg["train_dir"])
+    _, std = recipe.channel_statistics(arrays, 0.3)
+    assert torch.allclose(nets["global"].data_std, std) and float(std.min()) == pytest.approx(0.3)
+    assert card["training"]["stages"]["global"]["init_from"] == str(tiny["model"])
+    other = json.loads(json.dumps(cfg))
+    other.update(run_dir=str(tmp_path / "run2"), export=str(tmp_path / "model2"))
+    other["global"]["base"] = 8
+    with pytest.raises(InputError, match="does not match"):
+        recipe.train(other, TrainOptions(config_path="ft2.json"))
+    assert not (tmp_path / "model2").exists()

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from PETDiffusionLib.diffusion.edm import EDM, RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
+from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.methods.totalgen import batches
 from PETDiffusionLib.methods.totalgen.data import (AGE_RANGE, BMI_RANGE, FACTOR, HR_SHAPE,
                                                    HR_SPACING_MM, LR_SHAPE, ORGAN_CHANNELS,
@@ -82,9 +83,10 @@ STD_FLOOR = 0.05
 constant in the training data (an organ absent from most boxes) from being blown up."""
 
 
-def channel_statistics(arrays: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_statistics(arrays: list[dict], std_floor: float = STD_FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and SD (network units, 2u - 1) over every voxel of the training subjects'
-    HR boxes (the 64 stratified LR sub-samplings of a box hold exactly its voxels)."""
+    HR boxes (the 64 stratified LR sub-samplings of a box hold exactly its voxels); the SD is
+    floored at ``std_floor``."""
     total = None
     count = 0
     for a in arrays:
@@ -95,16 +97,31 @@ def channel_statistics(arrays: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total[0] / count
     std = np.sqrt(np.maximum(total[1] / count - mean ** 2, 0.0))
     return (torch.tensor(mean, dtype=torch.float32),
-            torch.tensor(np.maximum(std, STD_FLOOR), dtype=torch.float32))
+            torch.tensor(np.maximum(std, std_floor), dtype=torch.float32))
 
 
 def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
     block = cfg["global"]
     arrays, infos = load_cohort(cfg["train_dir"])
     net = build_network(network_specs(cfg)["global"], "global")
+    start = {}
+    if block.get("init_from"):
+        # fine-tune: the weights of another model's stage 1 (same architecture); its data
+        # statistics are not kept, they are computed again below with this block's floor
+        state = load_file(str(Path(block["init_from"]) / "model.safetensors"))
+        own = net.state_dict()
+        weights = {k[len("global."):]: v for k, v in state.items() if k.startswith("global.")
+                   and k[len("global."):] not in ("data_mean", "data_std")}
+        missing = sorted(set(own) - set(weights) - {"data_mean", "data_std"})
+        if missing or any(own[k].shape != v.shape for k, v in weights.items() if k in own):
+            raise InputError(f"{block['init_from']}: its stage-1 network does not match the "
+                             f"configured one ({len(missing)} tensors missing or of another shape)")
+        net.load_state_dict(weights, strict=False)
+        start = {"init_from": str(block["init_from"])}
+        log.info("stage 1 initialised from %s", block["init_from"])
     stats = {}
     if getattr(net, "standardise", False):
-        mean, std = channel_statistics(arrays)
+        mean, std = channel_statistics(arrays, float(block.get("std_floor", STD_FLOOR)))
         net.data_mean.copy_(mean)
         net.data_std.copy_(std)
         stats = {"channel_mean": [round(float(v), 4) for v in mean],
@@ -129,7 +146,7 @@ def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
 
     tr = _trainer(cfg, block, folder, "global", net, loss_fn, batch_fn, options)
     return {**_fit(tr, options, "global"), "subjects": len(arrays),
-            "lr_volumes": len(arrays) * FACTOR ** 3, **stats}
+            "lr_volumes": len(arrays) * FACTOR ** 3, **stats, **start}
 
 
 def train_sr(cfg: dict, options: TrainOptions, folder: Path) -> dict:
