@@ -31,7 +31,7 @@ from PETDiffusionLib.training.loop import TrainOptions
 from PETDiffusionLib.training.recipes import synthesize as recipe
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthesize.json"
-FAST = {"steps": 2, "sr_steps": 1}
+FAST = {"steps": 2, "sr_steps": 6}   # 6 = spec.MIN_SR_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,9 @@ def test_out_of_range_demographics_are_refused_naming_them_and_nothing_is_writte
     assert "--allow-out-of-range" in msg
     assert not (tmp_path / "bad").exists()
     assert out_of_range(58, "M", 177, 83) == []
+    with pytest.raises(InputError, match="sr_steps: 2 stage-2 steps"):
+        run_task("synthesize", {}, {**FAST, "sr_steps": 2}, tmp_path / "few", model_path=str(tiny["model"]))
+    assert not (tmp_path / "few").exists()
     assert len(out_of_range(40, "F", 190, 70)) == 1     # 190 cm is above the women's range
 
 

@@ -24,7 +24,7 @@ from PETDiffusionLib.methods.totalgen.synthesis import OUTPUT_LABELS, box_image,
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
-from PETDiffusionLib.tasks.synthesize.spec import MODEL_ID, SPEC
+from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_SR_STEPS, MIN_SR_STEPS, MODEL_ID, SPEC
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -
     """No images; demographics inside the training population unless ``allow_out_of_range``."""
     if images:
         raise InputError(f"synthesize takes no image inputs (got {', '.join(sorted(images))})")
+    sr_steps = int(params.get("sr_steps", DEFAULT_SR_STEPS))
+    if 0 < sr_steps < MIN_SR_STEPS:
+        raise InputError(f"parameter sr_steps: {sr_steps} stage-2 steps leave sampling noise that "
+                         f"reads as SUV up to 25 in the organs; use 0 (linear upsampling) or at "
+                         f"least {MIN_SR_STEPS}")
     problems = out_of_range(*demographics(params))
     ctx.manifest_extra["out_of_range"] = bool(problems)
     if not problems:
