@@ -19,11 +19,11 @@ from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import get_units, is_synthetic, read_image
 from PETDiffusionLib.methods.totalgen import batches, intensities
 from PETDiffusionLib.methods.totalgen.data import (HR_SHAPE, LR_SHAPE, ORGAN_GROUP_ID,
-                                                   REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
+                                                   ORGAN_CHANNELS, REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
                                                    load_cohort, out_of_range, simulate_subject)
 from PETDiffusionLib.methods.totalgen.intensities import demographic_channels
-from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, body_box,
-                                                        sample_global, synthesize)
+from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, body_box, body_figures,
+                                                        organ_map, sample_global, synthesize)
 from PETDiffusionLib.tasks.registry import task_spec
 from PETDiffusionLib.tasks.runner import run_task
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
@@ -180,6 +180,22 @@ def test_body_box_is_aligned_and_covers_the_body():
     box = body_box(ct, margin=8, multiple=4)
     assert [(s.start, s.stop) for s in box] == [(2, 58), (22, 78), (32, 100)]
     assert all((s.stop - s.start) % 4 == 0 for s in box)
+
+
+def test_air_just_above_the_ct_window_floor_is_not_body_nor_soft_tissue():
+    """A synthetic CT's air sits a few HU above the -500 HU window floor; body, trunk length and the
+    'other_soft_tissue' label must come from tissue only (SYNTHETIC_BODY_HU)."""
+    rng = np.random.default_rng(0)
+    ct = (-500.0 + rng.uniform(0, 60, HR_SHAPE)).astype(np.float32)     # air with sampling noise
+    ct[:100, 30:90, 30:100] = 40.0                                       # a 400 mm trunk of soft tissue
+    ct[20:40, 40:60, 40:60] = -100.0                                     # fat inside it
+    fig = body_figures(ct)
+    assert fig["trunk_length_mm"] == 400.0
+    assert fig["body_l"] == pytest.approx(100 * 60 * 70 * 64 / 1e6)
+    labels = organ_map(torch.zeros((len(ORGAN_CHANNELS), *LR_SHAPE)), ct)
+    names = {v: k for k, v in OUTPUT_LABELS.items()}
+    assert (labels[100:] == 0).all() and (labels[:, :30] == 0).all()
+    assert (labels[50, 50, 50] == names["other_soft_tissue"]) and labels[30, 50, 50] == names["fat"]
 
 
 def test_a_standardised_stage_one_keeps_its_statistics_and_reuses_the_sr_of_another_model(tmp_path, tiny):

@@ -22,7 +22,6 @@ from PETDiffusionLib.diffusion.windows import WindowedNet
 from PETDiffusionLib.methods.totalgen.data import HR_SHAPE, HR_SPACING_MM, LR_SHAPE, ORGAN_CHANNELS
 from PETDiffusionLib.methods.totalgen.intensities import (demographic_channels, demographic_vector,
                                                           position_channels, unit_to_ct, unit_to_pet)
-from PETDiffusionLib.physics.attenuation import BODY_HU
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,13 @@ FAT_HU = (-190.0, -30.0)
 fat at -50..-100 HU)."""
 BONE_HU = 200.0
 """Bone above 200 HU (PHYSICS.md §5: cancellous bone about 300 HU, cortical 700-3000 HU)."""
-# Body outline: above BODY_HU = -500 HU (physics.attenuation, docs/PHYSICS.md §7; also the lower end
-# of TotalGen's CT window, seed §2.2)
+SYNTHETIC_BODY_HU = FAT_HU[0]
+"""Body outline of a synthetic CT: tissue is at least fat (FAT_HU, -190 HU). Not BODY_HU (-500 HU,
+physics.attenuation): TotalGen's CT window clips at -500 HU (CT_HU_MIN, seed §2.2), so the air and
+the empty rows below the sacrum come out a few HU above -500 (median -495 HU, 99.9th percentile
+-395 HU in the demo subject of 0.3.0) and '> -500 HU' called the whole box body: organs.nii.gz
+labelled the air 'other_soft_tissue', every subject measured about 200 L of body and 768 mm of
+trunk. Lungs and bowel gas are not body by this threshold; the lungs are an organ channel."""
 
 OUTPUT_LABELS: dict[int, str] = {
     **{k + 1: name for k, (name, _) in enumerate(ORGAN_CHANNELS)},
@@ -143,7 +147,7 @@ def organ_map(lr_organs_unit: torch.Tensor, ct_hu: np.ndarray) -> np.ndarray:
     labels = np.where(up.max(0) > ORGAN_THRESHOLD, best + 1, 0).astype(np.uint8)
     n = len(ORGAN_CHANNELS)
     free = labels == 0
-    body = ct_hu > BODY_HU
+    body = ct_hu >= SYNTHETIC_BODY_HU
     labels[free & body] = n + 3
     labels[free & (ct_hu >= FAT_HU[0]) & (ct_hu <= FAT_HU[1])] = n + 1
     labels[free & (ct_hu > BONE_HU)] = n + 2
@@ -221,7 +225,7 @@ def measure(organs: np.ndarray, suv: np.ndarray, ct_hu: np.ndarray) -> dict[str,
 def body_figures(ct_hu: np.ndarray) -> dict[str, float]:
     """Demographic-response figures: subcutaneous-and-visceral fat volume (L, FAT_HU inside the
     body) and trunk length (mm: slices holding body from the top of the box down)."""
-    body = ct_hu > BODY_HU
+    body = ct_hu >= SYNTHETIC_BODY_HU
     fat = (ct_hu >= FAT_HU[0]) & (ct_hu <= FAT_HU[1])
     rows = np.where(body.sum((1, 2)) > 50)[0]  # slices with > 50 body voxels (3.2 mL at 4 mm)
     return {"fat_l": float(fat.sum() * HR_SPACING_MM ** 3 / 1e6),
