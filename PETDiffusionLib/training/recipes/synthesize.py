@@ -60,7 +60,8 @@ def network_specs(cfg: dict) -> dict[str, dict]:
 def _trainer(cfg: dict, block: dict, folder: Path, name: str, net, loss_fn, batch_fn,
              options: TrainOptions) -> Trainer:
     tc = {"lr": block["lr"], "max_steps": block["steps"], "warmup": block.get("warmup", 0),
-          "min_lr_ratio": block.get("min_lr_ratio", 1.0), "ema_decay": block.get("ema_decay", 0.99), "seed": cfg["seed"],
+          "min_lr_ratio": block.get("min_lr_ratio", 1.0), "ema_decay": block.get("ema_decay", 0.99),
+          "seed": cfg["seed"],
           "num_threads": cfg.get("threads", 1), "progress_bar": False, "log_every": 10,
           "device": options.device or "cpu", **cfg.get("trainer", {})}
     if "max_minutes" in block:
@@ -83,7 +84,8 @@ STD_FLOOR = 0.05
 constant in the training data (an organ absent from most boxes) from being blown up."""
 
 
-def channel_statistics(arrays: list[dict], std_floor: float = STD_FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_statistics(arrays: list[dict], std_floor: float = STD_FLOOR
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and SD (network units, 2u - 1) over every voxel of the training subjects'
     HR boxes (the 64 stratified LR sub-samplings of a box hold exactly its voxels); the SD is
     floored at ``std_floor``."""
