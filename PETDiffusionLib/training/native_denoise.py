@@ -76,6 +76,7 @@ class NativeConfig:
     crop_fine_variants: int = 1
     petwb_native_variants: int = 3
     petwb_fine_variants: int = 2
+    require_ct: bool = False           # only crops with a CT (restore's native bank: the CT guide)
     fine_spacing_mm: list[float] = field(default_factory=lambda: [1.8, 3.2])
     fraction_range: list[float] = field(default_factory=lambda: [0.01, 0.5])
     mlem_probability: float = 0.3
@@ -132,22 +133,25 @@ def _random_settings(rng: np.random.Generator, cfg: NativeConfig) -> ReconSettin
     return ReconSettings(iterations, subsets, psf, bool(psf > 0 and rng.random() < 0.5), post)
 
 
-def _load_real(job: dict) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float]]:
-    """[Z,Y,X] SUV, the attenuation map (or None) and the spacing (x, y, z) of a bank source."""
+def _load_real(job: dict) -> tuple[np.ndarray, np.ndarray | None, tuple[float, float, float],
+                                   np.ndarray | None]:
+    """[Z,Y,X] SUV, the attenuation map (or None), the spacing (x, y, z) and the CT in HU on the
+    PET grid (or None) of a bank source."""
     if job["kind"] == "petwb":
         img = read_pet_suv(job["path"])
         img = img[0] if isinstance(img, tuple) else img
         suv = sitk.GetArrayFromImage(img)[: PETWB_VALIDATION_FROM_Z].astype(np.float32)
-        return suv, None, tuple(img.GetSpacing())
+        return suv, None, tuple(img.GetSpacing()), None
     pet = sitk.ReadImage(str(Path(job["path"]) / "PET_image.nii.gz"), sitk.sitkFloat32)
     suv = np.clip(sitk.GetArrayFromImage(pet), 0, None).astype(np.float32)
-    mu = None
+    mu = hu = None
     ct_path = Path(job["path"]) / "CT_image.nii.gz"
     if ct_path.is_file():
         ct = sitk.Resample(sitk.ReadImage(str(ct_path), sitk.sitkFloat32), pet, sitk.Transform(),
                            sitk.sitkLinear, CT_AIR_HU, sitk.sitkFloat32)
-        mu = hu_to_mu(sitk.GetArrayFromImage(ct), 120.0).astype(np.float32)
-    return suv, mu, tuple(pet.GetSpacing())
+        hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+        mu = hu_to_mu(hu, 120.0).astype(np.float32)
+    return suv, mu, tuple(pet.GetSpacing()), hu
 
 
 def _regrid(arr: np.ndarray, sp, s: float) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -161,13 +165,14 @@ def _regrid(arr: np.ndarray, sp, s: float) -> tuple[np.ndarray, tuple[float, flo
 
 
 def make_pair(job: dict) -> dict:
-    """One bank pair from a real source (run in a worker process): writes ``job["out"]``; a pair
-    already written by an interrupted bank stage is reused (the draws are the same: same seed)."""
+    """One bank pair from a real source (run in a worker process): writes ``job["out"]`` (with the
+    CT in HU on the pair's grid, ``ct``, when the source has one); a pair already written by an
+    interrupted bank stage is reused (the draws are the same: same seed)."""
     torch.set_num_threads(1)
     cfg = NativeConfig.from_dict(job["cfg"])
     rng = np.random.default_rng(job["seed"])
     done = Path(job["out"]).is_file()
-    suv, mu, sp = (None, None, None) if done else _load_real(job)
+    suv, mu, sp, hu = (None, None, None, None) if done else _load_real(job)
     meta = {"source": job["source"], "fine": job["fine"]}
     if job["fine"]:
         s = float(rng.uniform(*cfg.fine_spacing_mm))
@@ -177,6 +182,7 @@ def make_pair(job: dict) -> dict:
             suv, sp2 = _regrid(suv, sp, s)
             suv = np.clip(suv, 0, None)
             mu = None if mu is None else _regrid(mu, sp, s)[0]
+            hu = None if hu is None else _regrid(hu, sp, s)[0]
             sp = sp2
             ref = simulate_low_count(suv, sp, 1.0, sref, ref_seed, mu)
         meta["reference"] = {"full_count_recon": sref.to_dict()}
@@ -198,19 +204,23 @@ def make_pair(job: dict) -> dict:
                  "shape_zyx": list(ref.shape), "noise_index": noise_index(low, ref, body)})
     if not done:
         tmp = job["out"] + ".tmp.npz"
+        extra = {} if hu is None else {"ct": hu.astype(np.float16)}
         np.savez(tmp, low=low.astype(np.float16), ref=ref.astype(np.float16),
-                 body=body, spacing=np.asarray(sp, np.float32))
+                 body=body, spacing=np.asarray(sp, np.float32), **extra)
         Path(tmp).replace(job["out"])
     return meta
 
 
 def bank_jobs(cfg: NativeConfig, folder: Path) -> list[dict]:
-    crops = sorted(p for p in Path(cfg.sts_data).glob("STS_*") if split_of(p.name) == "finetune")
+    crops = sorted(p for p in Path(cfg.sts_data).glob("STS_*") if split_of(p.name) == "finetune"
+                   and (not cfg.require_ct or (p / "CT_image.nii.gz").is_file()))
     if not crops:
-        raise InputError("no sarcoma crops of the finetune split", cfg.sts_data)
+        raise InputError("no sarcoma crops of the finetune split"
+                         + (" with a CT" if cfg.require_ct else ""), cfg.sts_data)
     jobs = []
     sources = [(p, "crop", cfg.crop_native_variants, cfg.crop_fine_variants) for p in crops]
-    sources.append((Path(cfg.petwb), "petwb", cfg.petwb_native_variants, cfg.petwb_fine_variants))
+    if cfg.petwb_native_variants + cfg.petwb_fine_variants > 0:
+        sources.append((Path(cfg.petwb), "petwb", cfg.petwb_native_variants, cfg.petwb_fine_variants))
     for path, kind, n_native, n_fine in sources:
         for fine, n in ((False, n_native), (True, n_fine)):
             for _ in range(n):
