@@ -71,15 +71,21 @@ def make_guide(modality: str, shift_mm=(0.0, 0.0), origin_shift_z=0.0) -> sitk.I
     return img
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def _tiny_networks(residual: bool = False):
+    """Tiny random fusion module and conditional U-Net (never trained)."""
     torch.manual_seed(0)
     fusion = build_network({"class": f"{NET}.FusionModule",
                             "args": {"context": 1, "channels": 4, "heads": 1, "pool": 2,
                                      "out_channels": 2}})
     den = build_network({"class": f"{NET}.MFdiffUNet",
                          "args": {"context": 1, "fusion_channels": 2, "channels": [8, 16],
-                                  "heads": 1}})
+                                  "heads": 1, **({"residual": True} if residual else {})}})
+    return fusion, den
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    fusion, den = _tiny_networks()
     with torch.no_grad():   # zero-initialised output layer: make the random net non-trivial
         den.out[-1].weight.normal_(0, 0.01)
     card = {"id": "mfdiff-tiny", "version": "0.0.1", "task": "restore",
@@ -263,3 +269,178 @@ def test_shipped_models_load_and_their_cards_carry_the_measured_figures():
     assert 200_000 < n_params < 2_000_000
     ext = pipeline.load_model("mfdiff-2p5d-external", "cpu")
     assert ext.card["training"]["stage"] == "external"
+
+
+# ------------------------------------------------------------------------------------ native grid
+@pytest.fixture(scope="module")
+def tiny_native_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny networks with a native-grid card whose slice range excludes the test PET's 5 mm."""
+    nets = pipeline.load_model(str(tiny_model), "cpu").nets
+    card = {"id": "mfdiff-tiny-native", "version": "0.0.1", "task": "restore",
+            "preprocessing": {"spacing_mm": [4.0, 4.0, 5.0], "context_slices": 1, "grid": "native",
+                              "supported_spacing_mm": {"inplane": [1.5, 6.0], "slice": [1.5, 4.0]}},
+            "diffusion": {"schedule": "linear", "num_train_timesteps": 1000},
+            "inference": {"steps": 1, "start_fraction": 0.1, "slice_batch": 8}}
+    return save_model_folder(tmp_path_factory.mktemp("mn") / "mfdiff-tiny-native", nets, card)
+
+
+def _anisotropic_pet() -> sitk.Image:
+    """The test PET resampled to 3 x 3 x 5 mm (a grid no working-grid model uses)."""
+    pet = make_pet()
+    ref = sitk.Image([64, 64, 24], sitk.sitkFloat32)
+    ref.SetSpacing((3.0, 3.0, 5.0))
+    ref.SetOrigin(pet.GetOrigin())
+    return sitk.Resample(pet, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def test_a_native_model_runs_on_the_pets_own_voxels_and_warns_outside_its_spacing(
+        tiny_model, tiny_native_model, inputs):
+    pet, ct = _anisotropic_pet(), read_image(inputs["ct"])
+    native = pipeline.load_model(str(tiny_native_model), "cpu")
+    res = pipeline.restore_image({"pet": pet, "ct": ct}, {"samples": 1}, native)
+    info = res["_info"]
+    assert info["grid"] == "native"
+    assert np.allclose(info["working_spacing_mm"], (3.0, 3.0, 5.0))
+    assert info["working_size"] == [64, 64, 24]
+    assert len(info["warnings"]) == 1 and "slice spacing 5.00 mm" in info["warnings"][0]
+    assert res["pet_restored"].GetSize() == pet.GetSize()
+    # the working-grid model resamples the same PET to its 4 x 4 x 5 mm grid and warns nothing
+    work = pipeline.load_model(str(tiny_model), "cpu")
+    info2 = pipeline.restore_image({"pet": pet, "ct": ct}, {"samples": 1}, work)["_info"]
+    assert info2["grid"] == "working" and np.allclose(info2["working_spacing_mm"], (4.0, 4.0, 5.0))
+    assert info2["warnings"] == []
+
+
+def test_native_recipe_plan_bank_triples_and_cases(tmp_path):
+    """configs/restore_native.json: a native bank, then the internal stage from the shipped external
+    model; one real bank triple (a held-in crop with CT, at its own grid) read back as a case."""
+    from PETDiffusionLib.training.native_denoise import bank_jobs, make_pair
+    from PETDiffusionLib.training.recipes.restore import native_bank_config, native_cases
+    cfg = RestoreConfig.from_dict(json.loads((Path(__file__).resolve().parents[1] / "configs" /
+                                              "restore_native.json").read_text()))
+    assert [s.name for s in stages(cfg, TrainOptions())] == ["native-bank", "internal", "export"]
+    with pytest.raises(InputError, match="internal_data must be"):
+        RestoreConfig.from_dict({"internal_data": "phantom"})
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    ncfg = native_bank_config(cfg, bank)
+    jobs = bank_jobs(ncfg, bank)
+    assert jobs and all(j["kind"] == "crop" for j in jobs)          # no whole-body study: no CT
+    assert all((Path(j["path"]) / "CT_image.nii.gz").is_file() for j in jobs)
+    assert all(int(Path(j["path"]).name[4:]) % 3 != 0 for j in jobs)  # never a validation crop
+    job = next(j for j in jobs if not j["fine"])
+    meta = make_pair(job)
+    z = np.load(job["out"])
+    assert z["ct"].shape == z["low"].shape == z["ref"].shape
+    assert z["ct"].min() < -900 and 0 < np.median(z["ct"][z["body"]]) < 200   # HU: air, soft tissue
+    (bank / "bank.json").write_text(json.dumps({"items": [{"file": Path(job["out"]).name, **meta}]}))
+    (case,) = native_cases(bank, pad_to=64)
+    assert list(case.lows) == [0] and list(case.guides) == ["ct"]
+    assert case.target.shape[1] >= 64 and case.target.shape[2] >= 64
+    assert case.guides["ct"].min() >= -1.0 and case.guides["ct"].max() <= 1.0
+    assert -1.0 <= case.target.min() and case.target.max() <= 1.0
+
+
+def test_x0_prediction_variant_is_residual_and_its_one_step_is_the_posterior_mean_estimate(
+        inputs, tmp_path):
+    """The x0 variant (card diffusion.prediction "sample"): the U-Net's output is the low-dose centre
+    slice plus its correction, so an untrained (zero output layer) network returns the low-dose PET
+    itself through the whole pipeline; the loss trains both networks and reports the T - 1 share."""
+    from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
+    from PETDiffusionLib.methods.mfdiff.losses import mfdiff_x0_loss
+    cfg = RestoreConfig.from_dict(json.loads((Path(__file__).resolve().parents[1] / "configs" /
+                                              "restore_native_x0.json").read_text()))
+    specs = network_specs(cfg)
+    assert specs["denoiser"]["args"]["residual"] is True
+    with pytest.raises(InputError, match="prediction must be"):
+        RestoreConfig.from_dict({"prediction": "velocity"})
+    fusion, den = _tiny_networks(residual=True)
+    x = torch.randn(3, 1 + 3 + 2, 16, 16)
+    assert torch.equal(den(x, torch.zeros(3, dtype=torch.long)), x[:, 2:3])   # centre of x_P
+    with torch.no_grad():   # a zero output layer passes no gradient inwards: perturb it
+        den.out[-1].weight.normal_(0, 0.01)
+    diffusion = ConditionalDiffusion(1000, "linear", "sample")
+    batch = {"target": torch.rand(4, 1, 16, 16) * 2 - 1, "low": torch.rand(4, 3, 16, 16) * 2 - 1,
+             "guide": torch.rand(4, 3, 16, 16) * 2 - 1, "modality": torch.tensor([1, 1, 0, 1])}
+    loss, logs = mfdiff_x0_loss(batch, {"fusion": fusion, "denoiser": den}, diffusion, 0.5,
+                                torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and logs["l_top"] > 0
+    assert den.out[-1].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
+    card = {"id": "mfdiff-tiny-x0", "version": "0.0.1", "task": "restore",
+            "preprocessing": {"spacing_mm": [4.0, 4.0, 5.0], "context_slices": 1},
+            "diffusion": {"schedule": "linear", "num_train_timesteps": 1000, "prediction": "sample"},
+            "inference": {"steps": 1, "start_fraction": 1.0, "slice_batch": 8}}
+    with torch.no_grad():
+        den.out[-1].weight.zero_()
+    folder = save_model_folder(tmp_path / "x0", {"fusion": fusion, "denoiser": den}, card)
+    model = pipeline.load_model(str(folder), "cpu")
+    pet = read_image(inputs["pet"])
+    res = pipeline.restore_image({"pet": pet, "ct": read_image(inputs["ct"])}, {"samples": 2}, model)
+    low = sitk.GetArrayFromImage(pet)
+    out = sitk.GetArrayFromImage(res["pet_restored"])
+    assert np.allclose(out, np.clip(low, 0, None), atol=1e-4)
+    assert float(sitk.GetArrayFromImage(res["pet_restored_sd"]).max()) < 1e-5
+
+
+def test_count_preserving_card_keeps_the_body_total_of_the_input(tiny_model, inputs, tmp_path):
+    """inference.count_preserving: the restored body total equals the low-dose body total (the
+    counts fix the total activity; the restoration redistributes it), and without the flag a
+    random network's total differs."""
+    from PETDiffusionLib.physics.lowcount import body_outline
+    model = pipeline.load_model(str(tiny_model), "cpu")
+    pet, ct = read_image(inputs["pet"]), read_image(inputs["ct"])
+    low = sitk.GetArrayFromImage(pet)
+    body = body_outline(low, pet.GetSpacing())
+    plain = sitk.GetArrayFromImage(pipeline.restore_image({"pet": pet, "ct": ct}, {"samples": 1},
+                                                          model)["pet_restored"])
+    card = json.loads(json.dumps(model.card))
+    card["inference"]["count_preserving"] = True
+    kept = sitk.GetArrayFromImage(pipeline.restore_image(
+        {"pet": pet, "ct": ct}, {"samples": 1}, pipeline.RestoreModel(model.nets, card))["pet_restored"])
+    assert abs(plain[body].sum() / low[body].sum() - 1) > 1e-3
+    assert kept[body].sum() == pytest.approx(low[body].sum(), rel=2e-3)
+    assert np.corrcoef(plain[body], kept[body])[0, 1] > 0.999      # a scale, nothing else
+
+
+def test_the_default_is_per_guide_and_a_ct_only_model_refuses_an_mr(inputs, tmp_path):
+    """No --model: an MR guide runs mfdiff-2p5d, a CT guide the native CT model (manifest and
+    restore.json name it); that CT-only model given an MR says so, naming the file, writes nothing."""
+    from PETDiffusionLib.tasks.restore.spec import CT_MODEL_ID, MODEL_ID
+    ct_run = run_task("restore", {"pet": str(inputs["pet"]), "ct": str(inputs["ct"])}, {},
+                      tmp_path / "ct")
+    man = json.loads(ct_run.read_text())
+    assert man["model_id"] == CT_MODEL_ID and man["inference"]["grid"] == "native"
+    assert json.loads((tmp_path / "ct" / "restore.json").read_text())["model_id"] == CT_MODEL_ID
+    mr_run = run_task("restore", {"pet": str(inputs["pet"]), "mr": str(inputs["mr"])}, {},
+                      tmp_path / "mr")
+    assert json.loads(mr_run.read_text())["model_id"] == MODEL_ID
+    out = tmp_path / "refused"
+    with pytest.raises(InputError, match="trained with a ct guide only, not --mr") as exc:
+        run_task("restore", {"pet": str(inputs["pet"]), "mr": str(inputs["mr"])}, {}, out,
+                 model_path=str(Path(pipeline.__file__).parents[2] / "models" / CT_MODEL_ID))
+    assert "mr.nii.gz" in str(exc.value)
+    assert not out.exists()
+
+
+def test_shipped_native_ct_model_card_carries_its_real_validation():
+    """mfdiff-native-2p5d: native grid, CT guide only, x0 one step, count-preserving; its card's real
+    validation (the evaluate command's figures) has it below Gaussian, NLM and denoise-segment at 10
+    and 5 % counts, and says plainly that BM4D is still better."""
+    from PETDiffusionLib.tasks.restore.spec import CT_MODEL_ID
+    model = pipeline.load_model(CT_MODEL_ID, "cpu")
+    card = model.card
+    assert card["id"] == CT_MODEL_ID and card["intended_use"] == "research model, not for diagnosis"
+    assert card["preprocessing"]["grid"] == "native" and card["preprocessing"]["guides"] == ["ct"]
+    assert card["diffusion"]["prediction"] == "sample" and card["inference"]["count_preserving"]
+    assert model.nets["denoiser"].residual
+    rv = card["evaluation"]["real_validation_native"]
+    assert rv["command"].startswith("petdiffusion evaluate restore --real-validation")
+    assert "STS_015" in rv["split"]["validation_crops"]
+    for level in ("10", "5"):
+        nr = {m: v["median"] for m, v in rv["summary"][level]["body_nrmse"].items()}
+        assert nr["native"] < min(nr["gaussian"], nr["nlm"], nr["denoise_segment"], nr["input"])
+        assert nr["bm4d"] < nr["native"]
+    assert "STS_015" in card["training"]["data"]["held_apart"]
+    assert {p["steps"] for p in card["steps_curve"]["points"]} == {1, 2, 4}

@@ -154,11 +154,13 @@ class TaskRuns:
 
 
 def time_task_runs(task_id: str, inputs: dict[str, str], out_dir: Path, repeat: int = 1,
-                   device: str | None = "auto", params: dict | None = None) -> TaskRuns:
-    """The task's bench protocol: load its shipped model once, then run ``run_task`` end to end
+                   device: str | None = "auto", params: dict | None = None,
+                   model_id: str | None = None) -> TaskRuns:
+    """The task's bench protocol: load its shipped model (``model_id``: another shipped model, e.g.
+    the one a task's default picks for these inputs) once, then run ``run_task`` end to end
     ``repeat`` times into ``out_dir/out<r>``, timing each run and counting network evaluations."""
     t0 = time.monotonic()
-    model = load_task_model(task_id, None, device)
+    model = load_task_model(task_id, model_id, device)
     load_s = time.monotonic() - t0
     seconds, counts, manifest = [], {}, None
     for r in range(max(1, int(repeat))):

@@ -35,6 +35,7 @@ def _evaluate(args) -> int:
     module = task_part(args.task, "evaluate")
     eargs = evaluate_parser(args.task, module).parse_args(args.rest)
     eargs.task, eargs.verbose = args.task, getattr(args, "verbose", False)
+    eargs.argv = list(args.rest)   # the task's options as given (a card records its command)
     result = module.evaluate(eargs)
     if isinstance(result, str):  # the task's summary table, for the terminal
         print(result)

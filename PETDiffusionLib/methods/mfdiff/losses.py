@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
+from PETDiffusionLib.methods.mfdiff.networks import x_to_pet
 
 
 def draw_timesteps(n: int, diffusion: ConditionalDiffusion, t_max_fraction: float,
@@ -26,6 +27,31 @@ def mfdiff_loss(batch: dict, networks: dict, diffusion: ConditionalDiffusion,
     cond = torch.cat([batch["low"], fused], 1)
     loss = diffusion.training_loss(networks["denoiser"], x0, cond, loss="l2", t=t, noise=noise)
     return loss, {"l_eps": float(loss.detach())}
+
+
+def mfdiff_x0_loss(batch: dict, networks: dict, diffusion: ConditionalDiffusion,
+                   top_fraction: float, generator: torch.Generator, power: float = 2.0):
+    """Eq. 9 with the x0 target (``diffusion.prediction == "sample"``), t uniform on [0, T) and a
+    share ``top_fraction`` at t = T - 1, where the prediction is the posterior mean of the
+    standard-dose slice given the low-dose slices and the fused guide (the one-step estimate
+    inference uses); the squared error in x units weighted by (1 + SUV)^power, so that power 2 is to
+    first order the SUV mean squared error (as the native denoiser's loss,
+    training/native_denoise.native_loss)."""
+    fused = networks["fusion"](batch["low"], batch["guide"], batch["modality"])
+    x0 = batch["target"]
+    b, T = x0.shape[0], diffusion.num_train_timesteps
+    t = torch.randint(0, T, (b,), generator=generator)
+    top = torch.rand(b, generator=generator) < top_fraction
+    t = torch.where(top, torch.full_like(t, T - 1), t).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = diffusion.scheduler.add_noise(x0, noise, t)
+    pred = networks["denoiser"](torch.cat([x_t, batch["low"], fused], 1), t)
+    w = (1.0 + x_to_pet(x0)) ** power
+    err = (pred.float() - x0.float()) ** 2 * w
+    loss = err.sum() / w.sum()
+    top_d = top.to(x0.device)
+    return loss, {"l_x0": float(loss.detach()),
+                  "l_top": float(err.detach()[top_d].sum() / w[top_d].sum().clamp_min(1e-6))}
 
 
 def munet_loss(batch: dict, networks: dict):

@@ -210,16 +210,25 @@ class _UNet(nn.Module):
 
 
 class MFdiffUNet(_UNet):
-    """epsilon_theta(cat[x_t, x_P (2k+1), F (fusion_channels)], t) (Eq. 8)."""
+    """epsilon_theta(cat[x_t, x_P (2k+1), F (fusion_channels)], t) (Eq. 8).
+
+    ``residual`` (x0-prediction models, card ``diffusion.prediction: sample``): the output is the
+    low-dose centre slice plus the network's correction, as M-UNet's and the native denoiser's
+    (no parameters added: an epsilon model's weights load into it)."""
 
     def __init__(self, context: int = 1, fusion_channels: int = 8, channels=(16, 32, 64),
-                 heads: int = 2):
+                 heads: int = 2, residual: bool = False):
         self.context = int(context)
         self.fusion_channels = int(fusion_channels)
+        self.residual = bool(residual)
         super().__init__(1 + 2 * self.context + 1 + self.fusion_channels, channels, heads)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.run(x, t)
+        out = self.run(x, t)
+        if self.residual:
+            c = 1 + self.context          # cat[x_t, x_P ...]: x_P's centre slice
+            out = x[:, c:c + 1] + out
+        return out
 
 
 class MUNet(_UNet):

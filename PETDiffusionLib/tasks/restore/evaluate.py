@@ -28,6 +28,7 @@ from PETDiffusionLib.io.atomic import atomic_write_text
 from PETDiffusionLib.phantom.cohort import cases_in_split, list_cases
 from PETDiffusionLib.quant.metrics import nmse, nrmse, psnr, ssim3d
 from PETDiffusionLib.tasks.registry import task_part
+from PETDiffusionLib.tasks.restore import realval
 from PETDiffusionLib.tasks.restore.pipeline import body_mask, load_model, resolve_settings, restore_arrays
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                         help="score N slabs of --slab-slices axial slices per simulated case, evenly "
                              "spaced over the body (0: the whole volume); a CPU budget")
     parser.add_argument("--slab-slices", type=int, default=16)
+    parser.add_argument("--real-validation", action="store_true",
+                        help="the real validation study at the PET's own grid (tasks/restore/realval.py):"
+                             " held-apart sarcoma crops with CT, 10 %% and 5 %% counts, Gaussian / NLM"
+                             " / BM4D / denoise-segment / --models rows; the other parts are skipped")
+    parser.add_argument("--write-card", default="",
+                        help="--real-validation: store the study's summary in the card of the --models "
+                             "entry with this LABEL (card evaluation.real_validation_native)")
+    parser.add_argument("--tune-cases", type=int, default=3,
+                        help="--real-validation: tuning crops of the baselines")
     parser.add_argument("--out", default="runs/restore/evaluation.json", help="JSON of all figures")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
@@ -264,6 +274,22 @@ def evaluate(args) -> int:
     torch.set_num_threads(max(1, int(args.threads)))
     models = _models(args.models)
     fractions = [int(f) for f in args.fractions.split(",")]
+    if args.real_validation:
+        params = {"samples": args.samples, "seed": 0, "steps": args.steps,
+                  "start_fraction": args.start_fraction}
+        res = realval.real_validation(models, args.denoise_segment, fractions, args.tune_cases,
+                                      max_cases=args.max_cases, params=params)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(res, indent=1))
+        if args.write_card:
+            folder = dict(p.partition("=")[::2] for p in args.models.split(",")).get(args.write_card)
+            if folder is None or not (Path(folder) / "card.json").is_file():
+                raise InputError(f"--write-card {args.write_card}: not the label of a --models "
+                                 "entry that is a model folder", folder)
+            realval.record_in_card(Path(folder), res, "petdiffusion evaluate restore " +
+                                   " ".join(getattr(args, "argv", []) or []))
+        return realval.format_table(res) + f"\nfigures: {out}"
     result: dict = {"metric_mask": "standard-dose body (SUV > 5 % of its 99th percentile)",
                     "gaussian_tuning": "FWHM per count level chosen on the evaluated cases (min NMSE)",
                     "models": {k: {"id": m.card["id"], "version": m.card["version"],

@@ -5,6 +5,10 @@ from __future__ import annotations
 from PETDiffusionLib.tasks.base import ImageInput, Output, Parameter, TaskSpec
 
 MODEL_ID = "mfdiff-2p5d"
+"""The shipped default (MR T1 or CT guide, 4 x 4 x 5 mm working grid)."""
+CT_MODEL_ID = "mfdiff-native-2p5d"
+"""The shipped default for a CT guide when no model is named: MFdiff on the PET's own grid, trained
+on real PET/CT (CT guide only; its card's real validation, README "restore")."""
 DEFAULT_STEPS = 0        # 0 = the model card's inference.steps (from its measured steps curve)
 DEFAULT_START = 0.0      # 0 = the model card's inference.start_fraction
 MIN_GUIDE_OVERLAP = 0.5

@@ -16,6 +16,15 @@ stages (:func:`PETDiffusionLib.training.loop.run_stages`, one folder each in ``r
   real cases in one run (a real case drawn with that probability).
 - ``export``: each trained stage's EMA networks as a model folder ``run_dir/export/<stage>``.
 
+``internal_data: "native"`` makes the internal stage native-resolution (issue 15: the independent
+check is on a real whole-body PET at its own 2-5 mm grid, where a 4 x 4 x 5 mm working grid alone
+costs about 0.010 body NRMSE, issue 13): a ``native-bank`` stage writes (low-count, reference, CT)
+triples from the real crops of the finetune split that have a CT, at their own grid and re-gridded
+finer, with the scanner-like count levels and reconstructions of the native denoiser's bank
+(:mod:`PETDiffusionLib.training.native_denoise`, ``native_bank`` overrides its options), and the
+internal stage trains on those. ``external_from`` names a model folder whose networks start the
+internal stage (an external stage trained earlier, e.g. the shipped ``mfdiff-2p5d-external``).
+
 ``model: "munet"`` trains the M-UNet baseline (ref. [40], concatenated guide, L1) with the same
 data, batch and steps instead (``use_guide: false``: the PET-only UNet row).
 """
@@ -34,13 +43,16 @@ from safetensors.torch import load_file
 from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
 from PETDiffusionLib.errors import InputError, PETDiffusionError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.methods.mfdiff.cases import PatchSampler, load_case
-from PETDiffusionLib.methods.mfdiff.losses import mfdiff_loss, munet_loss
-from PETDiffusionLib.methods.mfdiff.networks import GUIDES, SUV_CUTOFF
+import numpy as np
+
+from PETDiffusionLib.methods.mfdiff.cases import PatchSampler, RestoreCase, load_case
+from PETDiffusionLib.methods.mfdiff.losses import mfdiff_loss, mfdiff_x0_loss, munet_loss
+from PETDiffusionLib.methods.mfdiff.networks import GUIDES, SUV_CUTOFF, guide_to_x, pet_to_x
 from PETDiffusionLib.models.card import build_network
-from PETDiffusionLib.models.registry import save_model_folder
+from PETDiffusionLib.models.registry import load_model_folder, save_model_folder
 from PETDiffusionLib.phantom.cohort import cases_in_split, list_cases
 from PETDiffusionLib.training.loop import Stage, StepInfo, TrainConfig, Trainer, TrainOptions, run_stages
+from PETDiffusionLib.training.native_denoise import NativeConfig, build_bank
 from PETDiffusionLib.training.real_sts import build_cohort
 
 log = logging.getLogger(__name__)
@@ -68,6 +80,11 @@ class RestoreConfig:
     mixed_steps: int = 0
     mixed_real_fraction: float = 0.0
     internal_init: str = "external"           # "" = internal only, from scratch
+    external_from: str = ""                   # a model folder that starts the internal stage
+    internal_data: str = "cohort"             # cohort (4x4x5 mm real_cohort) | native (native-bank)
+    native_bank: dict = field(default_factory=dict)   # NativeConfig overrides of the native bank
+    supported_spacing_mm: dict = field(default_factory=lambda: {"inplane": [1.5, 6.0],
+                                                                "slice": [1.5, 6.0]})
     lr: float = 1e-3
     internal_lr: float = 3e-4
     ema: float = 0.995
@@ -75,6 +92,9 @@ class RestoreConfig:
     ckpt_every: int = 200
     log_every: int = 25
     num_train_timesteps: int = 1000           # Sec. 4.1.3: 1000 time steps, DDPM (Ho et al.) schedule
+    prediction: str = "epsilon"               # epsilon (Eq. 9) | sample (x0; losses.mfdiff_x0_loss)
+    top_t_fraction: float = 0.5               # sample: share of t = T - 1 (the posterior mean)
+    loss_weight_power: float = 2.0            # sample: (1 + SUV)^p weights (SUV mean squared error)
     schedule: str = "linear"
     t_max_fraction: float = 0.3               # train t < 0.3 T (losses.draw_timesteps)
     start_fraction: float = 0.1               # inference defaults written into the card
@@ -100,7 +120,15 @@ class RestoreConfig:
         cfg = cls(**d)
         if cfg.model not in ("mfdiff", "munet"):
             raise InputError(f"model must be mfdiff or munet, not {cfg.model!r}")
+        if cfg.prediction not in ("epsilon", "sample"):
+            raise InputError(f"prediction must be epsilon or sample, not {cfg.prediction!r}")
+        if cfg.internal_data not in ("cohort", "native"):
+            raise InputError(f"internal_data must be cohort or native, not {cfg.internal_data!r}")
         return cfg
+
+    @property
+    def native(self) -> bool:
+        return self.internal_data == "native"
 
 
 def network_specs(cfg: RestoreConfig) -> dict[str, dict]:
@@ -112,7 +140,8 @@ def network_specs(cfg: RestoreConfig) -> dict[str, dict]:
             "denoiser": {"class": f"{NET_MODULE}.MFdiffUNet",
                          "args": {"context": cfg.context,
                                   "fusion_channels": int(cfg.fusion.get("out_channels", 8)),
-                                  **cfg.unet}}}
+                                  **cfg.unet,
+                                  **({"residual": True} if cfg.prediction == "sample" else {})}}}
 
 
 def build_networks(cfg: RestoreConfig) -> dict[str, nn.Module]:
@@ -120,7 +149,7 @@ def build_networks(cfg: RestoreConfig) -> dict[str, nn.Module]:
 
 
 def diffusion_of(cfg: RestoreConfig) -> ConditionalDiffusion:
-    return ConditionalDiffusion(cfg.num_train_timesteps, cfg.schedule, "epsilon")
+    return ConditionalDiffusion(cfg.num_train_timesteps, cfg.schedule, cfg.prediction)
 
 
 def simulated_cases(cfg: RestoreConfig) -> list:
@@ -136,6 +165,41 @@ def real_cases(cfg: RestoreConfig, split: str = "finetune") -> list:
         raise InputError(f"no {split!r} cases with a CT", cfg.real_cohort)
     log.info("internal: %d real %s cases with CT: %s", len(dirs), split, ", ".join(d.name for d in dirs))
     return [load_case(d, cfg.fractions, ("ct",), cfg.patch) for d in dirs]
+
+
+def native_bank_config(cfg: RestoreConfig, folder: Path) -> NativeConfig:
+    """The native denoiser's bank options for restore: finetune crops with a CT only, no whole-body
+    study (it has no CT), ``cfg.native_bank`` on top."""
+    base = {"run_dir": str(folder), "sts_data": cfg.real_cohort_data, "require_ct": True,
+            "petwb_native_variants": 0, "petwb_fine_variants": 0, "crop_native_variants": 3,
+            "crop_fine_variants": 3, "seed": cfg.seed}
+    return NativeConfig.from_dict({**base, **cfg.native_bank})
+
+
+def native_cases(bank: Path, pad_to: int) -> list[RestoreCase]:
+    """The native bank's triples as restore cases (one count level each, key 0; CT guide)."""
+    items = json.loads((bank / "bank.json").read_text())["items"]
+    out = []
+    for it in items:
+        z = np.load(bank / it["file"])
+        if "ct" not in z:
+            continue
+        ref = z["ref"].astype(np.float32)
+        target = pet_to_x(torch.from_numpy(ref)).numpy()
+        low = pet_to_x(torch.from_numpy(z["low"].astype(np.float32))).numpy()
+        guide = guide_to_x(z["ct"].astype(np.float32), "ct")
+        _, y, x = ref.shape
+        py, px = max(0, pad_to - y), max(0, pad_to - x)
+        if py or px:
+            pads = ((0, 0), (py // 2, py - py // 2), (px // 2, px - px // 2))
+            target, low, guide = (np.pad(a, pads, constant_values=-1.0) for a in (target, low, guide))
+        body = np.nonzero(z["body"].reshape(ref.shape[0], -1).mean(1) > 0.02)[0]
+        out.append(RestoreCase(f"{it['source']}:{it['file']}", target, {0: low}, {"ct": guide},
+                               body if body.size else np.arange(ref.shape[0])))
+    if not out:
+        raise InputError("the native bank holds no pair with a CT", bank)
+    log.info("internal: %d native real pairs with CT from %s", len(out), bank)
+    return out
 
 
 def make_trainer(cfg: RestoreConfig, folder: Path, cases: list, steps: int, lr: float,
@@ -155,6 +219,9 @@ def make_trainer(cfg: RestoreConfig, folder: Path, cases: list, steps: int, lr: 
     def loss_fn(batch, networks, info: StepInfo):
         if cfg.model == "munet":
             return munet_loss(batch, networks)
+        if cfg.prediction == "sample":
+            return mfdiff_x0_loss(batch, networks, diffusion, cfg.top_t_fraction, info.generator,
+                                  cfg.loss_weight_power)
         return mfdiff_loss(batch, networks, diffusion, cfg.t_max_fraction, info.generator)
 
     tcfg = TrainConfig(lr=lr, max_steps=steps, batch_size=cfg.batch, warmup=min(50, steps // 10),
@@ -170,12 +237,22 @@ def model_card(cfg: RestoreConfig, stage: str, steps: int, command: str) -> dict
     return {"id": cfg.export_id + suffix, "version": cfg.export_version, "task": TASK,
             "method": cfg.model, "networks": network_specs(cfg),
             "preprocessing": {"suv_cutoff": SUV_CUTOFF, "context_slices": cfg.context,
-                              "spacing_mm": list(cfg.spacing_mm), "guides": list(GUIDES)},
-            "diffusion": {"schedule": cfg.schedule, "prediction": "epsilon",
+                              "spacing_mm": list(cfg.spacing_mm),
+                              # the native internal stage sees CT guides only (the real data's)
+                              "guides": ["ct"] if cfg.native and stage == "internal" else list(GUIDES),
+                              **({"grid": "native", "supported_spacing_mm": cfg.supported_spacing_mm,
+                                  "spacing_note": "the networks run on the PET's own grid "
+                                                  "(internal stage trained on native real pairs); "
+                                                  "spacing_mm is the external stage's grid"}
+                                 if cfg.native and stage == "internal" else {})},
+            "diffusion": {"schedule": cfg.schedule, "prediction": cfg.prediction,
                           "num_train_timesteps": cfg.num_train_timesteps,
-                          "trained_t_max_fraction": cfg.t_max_fraction},
+                          "trained_t_max_fraction": (1.0 if cfg.prediction == "sample"
+                                                     else cfg.t_max_fraction)},
             "inference": {"sampler": "ddim", "steps": cfg.steps, "start_fraction": cfg.start_fraction,
-                          "slice_batch": 16},
+                          "slice_batch": 16,
+                          # an x0 model's body total is rescaled to the input's (pipeline)
+                          **({"count_preserving": True} if cfg.prediction == "sample" else {})},
             "training": {"config": asdict(cfg), "stage": stage, "steps": steps, "command": command}}
 
 
@@ -207,9 +284,26 @@ def stages(cfg: RestoreConfig, options: TrainOptions) -> list[Stage]:
     def external(folder: Path) -> dict:
         return fit(folder, simulated_cases(cfg), cfg.external_steps, cfg.lr, None)
 
+    def native_bank(folder: Path) -> dict:
+        return build_bank(native_bank_config(cfg, folder), folder)
+
+    def external_init() -> dict[str, torch.Tensor] | None:
+        if cfg.internal_init != "external":
+            return None
+        if not cfg.external_from:
+            return ema_of("external")
+        nets, card = load_model_folder(cfg.external_from, task=TASK)
+        want = set(network_specs(cfg))
+        if set(nets) != want:
+            raise InputError(f"its networks are {sorted(nets)}, the configured model has "
+                             f"{sorted(want)}", cfg.external_from)
+        log.info("internal stage starts from %s %s", card["id"], card["version"])
+        return {f"{k}.{p}": v for k, net in nets.items() for p, v in net.state_dict().items()}
+
     def internal(folder: Path) -> dict:
-        init = ema_of("external") if cfg.internal_init == "external" else None
-        return fit(folder, real_cases(cfg), cfg.internal_steps,
+        init = external_init()
+        cases = native_cases(run / "native-bank", cfg.patch) if cfg.native else real_cases(cfg)
+        return fit(folder, cases, cfg.internal_steps,
                    cfg.internal_lr if init is not None else cfg.lr, init)
 
     def mixed(folder: Path) -> dict:
@@ -234,7 +328,9 @@ def stages(cfg: RestoreConfig, options: TrainOptions) -> list[Stage]:
         return out
 
     plan = []
-    if cfg.internal_steps > 0 or cfg.mixed_steps > 0:
+    if cfg.native and cfg.internal_steps > 0:
+        plan.append(Stage("native-bank", native_bank, rank0_only=True))
+    if cfg.mixed_steps > 0 or (cfg.internal_steps > 0 and not cfg.native):
         plan.append(Stage("real-cohort", real_cohort, rank0_only=True))
     if cfg.external_steps > 0:
         plan.append(Stage("external", external))
