@@ -60,7 +60,8 @@ def axial_spacing(img: sitk.Image) -> tuple[float, float, float]:
     return inplane[0], inplane[1], spacing[slice_axis]
 
 
-def voxel_size_warnings(pet_img: sitk.Image, card: dict) -> list[str]:
+def voxel_size_warnings(pet_img: sitk.Image, card: dict,
+                        outputs: str = "the denoised PET and the lesion masks") -> list[str]:
     """One sentence per spacing (in-plane, slice) outside the card's
     ``preprocessing.supported_spacing_mm`` ranges; [] when inside.
 
@@ -81,8 +82,8 @@ def voxel_size_warnings(pet_img: sitk.Image, card: dict) -> list[str]:
         side = "below" if min(values) < lo else "above"
         out.append(f"voxel size outside what the model supports: the PET's {kind} spacing "
                    f"{shown} mm is {side} the supported {lo:g}-{hi:g} mm (model "
-                   f"{card.get('id', '?')}, card preprocessing.supported_spacing_mm); the denoised "
-                   f"PET and the lesion masks may be unreliable: resample the PET to "
+                   f"{card.get('id', '?')}, card preprocessing.supported_spacing_mm); {outputs} "
+                   f"may be unreliable: resample the PET to "
                    f"{'an' if kind == 'in-plane' else 'a'} {kind} spacing within "
                    f"{lo:g}-{hi:g} mm or use a model trained for it")
     return out

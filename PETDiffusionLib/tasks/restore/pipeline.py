@@ -39,7 +39,7 @@ from PETDiffusionLib.methods.mfdiff.networks import GUIDES, SUV_CUTOFF, guide_to
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.physics.lowcount import body_outline
 from PETDiffusionLib.tasks.base import RunContext
-from PETDiffusionLib.tasks.denoise_segment.guards import axial_spacing
+from PETDiffusionLib.tasks.denoise_segment.guards import voxel_size_warnings
 from PETDiffusionLib.tasks.restore.spec import (CT_MODEL_ID, MIN_GUIDE_OVERLAP, MODEL_ID,
                                                 MR_AS_CT_MIN_HU, SPEC)
 
@@ -158,24 +158,6 @@ def working_image(pet: sitk.Image, card: dict | None) -> sitk.Image:
     return to_working_grid(pet, working_spacing(card))
 
 
-def spacing_warnings(pet: sitk.Image, card: dict | None) -> list[str]:
-    """One sentence per axis kind (in-plane, slice) whose spacing lies outside a native model's
-    ``preprocessing.supported_spacing_mm``; [] for working-grid models and inside the ranges."""
-    rng = (card or {}).get("preprocessing", {}).get("supported_spacing_mm")
-    if not native_grid(card) or not rng:
-        return []
-    sx, sy, sz = axial_spacing(pet)
-    out = []
-    for kind, key, values in (("in-plane", "inplane", (sx, sy)), ("slice", "slice", (sz,))):
-        lo, hi = (float(v) for v in rng[key])
-        if not all(lo <= v <= hi for v in values):
-            out.append(f"the PET's {kind} spacing {' x '.join(f'{v:.2f}' for v in values)} mm is "
-                       f"outside the {lo:g}-{hi:g} mm the model {card.get('id', '?')} was trained "
-                       "on (card preprocessing.supported_spacing_mm): the restored PET may be "
-                       "unreliable")
-    return out
-
-
 def prepare(images: dict[str, sitk.Image], ctx: RunContext | None, card: dict | None = None) -> dict:
     """Checks (naming the files) and the arrays on the working grid: low SUV, guide, overlap."""
     paths = ctx.input_paths if ctx is not None else {}
@@ -199,7 +181,9 @@ def prepare(images: dict[str, sitk.Image], ctx: RunContext | None, card: dict | 
     fig = overlap_figures(low, guide, covered, modality)
     check_overlap(fig, pet_name, g_name)
     return {"work": work, "low": low, "guide": guide, "modality": modality, "overlap": fig,
-            "warnings": spacing_warnings(images["pet"], card)}
+            # a native model's spacing range (card preprocessing.supported_spacing_mm, the check
+            # denoise-segment makes); working-grid cards have no range and give no warning
+            "warnings": voxel_size_warnings(images["pet"], card or {}, "the restored PET")}
 
 
 def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> None:
