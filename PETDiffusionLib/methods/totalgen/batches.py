@@ -1,7 +1,8 @@
 """Training batches of TotalGen's two stages, drawn from prepared subjects (methods/totalgen/data.py).
 
 - stage 1 (global): one of the 64 stratified sub-samplings ``HR[oz::4, oy::4, ox::4]`` of a random
-  subject (TotalGen §2.2), channels CT, PET and one indicator per organ group, in network units
+  subject (TotalGen §2.2), channels CT, PET and one channel per organ group (its indicator, or its
+  signed distance when the subject carries ``organ_unit``, data.organ_sdf_unit), in network units
   (2u - 1), with the four demographic channels as the condition;
 - stage 2 (super-resolution): a random HR patch (centred on a body voxel) of the residual target,
   its linear upsampling of the same sub-sampled LR volume (computed on an LR crop with a one-voxel
@@ -28,8 +29,12 @@ def subject_demographics(info: dict) -> list[float]:
 
 
 def hr_channels(arr: dict) -> np.ndarray:
-    """[2 + n_organs, Z, Y, X] unit channels: CT, PET, organ-group indicators."""
-    organs = [(arr["groups"] == k + 1).astype(np.float32) for k in range(len(ORGAN_CHANNELS))]
+    """[2 + n_organs, Z, Y, X] unit channels: CT, PET, organ groups (``arr["organ_unit"]`` when
+    present, the signed-distance encoding, else the groups' indicators)."""
+    if "organ_unit" in arr:
+        organs = list(arr["organ_unit"].astype(np.float32))
+    else:
+        organs = [(arr["groups"] == k + 1).astype(np.float32) for k in range(len(ORGAN_CHANNELS))]
     return np.stack([arr["ct"], arr["pet"], *organs])
 
 
@@ -44,6 +49,8 @@ def global_batch(arrays: list[dict], infos: list[dict], batch: int, rng: np.rand
         lr = {"ct": a["ct"][oz::FACTOR, oy::FACTOR, ox::FACTOR],
               "pet": a["pet"][oz::FACTOR, oy::FACTOR, ox::FACTOR],
               "groups": a["groups"][oz::FACTOR, oy::FACTOR, ox::FACTOR]}
+        if "organ_unit" in a:
+            lr["organ_unit"] = a["organ_unit"][:, oz::FACTOR, oy::FACTOR, ox::FACTOR]
         xs.append(hr_channels(lr))
         demos.append(subject_demographics(infos[i]))
     return {"x0": torch.from_numpy(np.stack(xs)) * 2 - 1,

@@ -5,8 +5,10 @@
 2. Super-resolution: residual diffusion ``I_SR = upsample(I_LR) + R`` (TotalGen eq. 4) of CT and PET,
    the network run over overlapping z-chunks of the whole volume with Gaussian blending
    (diffusion/windows.py; TotalGen concatenated 224x224x96 partial volumes along z).
-3. Organ labels: the LR organ indicators upsampled linearly to the HR grid, each voxel given the
-   most probable organ where that probability exceeds one half; fat and bone from the HR CT.
+3. Organ labels: the LR organ channels upsampled to the HR grid, each voxel given the organ whose
+   channel is highest where it exceeds one half: indicators (models of 0.1-0.3) upsampled linearly,
+   signed distances (``organ_encoding: sdf``, data.organ_sdf_unit) by cubic B-splines, the
+   organ's surface at 0 mm; fat and bone from the HR CT.
 """
 from __future__ import annotations
 
@@ -19,14 +21,18 @@ import torch
 
 from PETDiffusionLib.diffusion.edm import EDM, ResidualSuperResolution
 from PETDiffusionLib.diffusion.windows import WindowedNet
-from PETDiffusionLib.methods.totalgen.data import HR_SHAPE, HR_SPACING_MM, LR_SHAPE, ORGAN_CHANNELS
+from PETDiffusionLib.errors import InputError
+from PETDiffusionLib.methods.totalgen.data import (FACTOR, HR_SHAPE, HR_SPACING_MM, LR_SHAPE,
+                                                   ORGAN_CHANNELS, ORGAN_ENCODINGS)
 from PETDiffusionLib.methods.totalgen.intensities import (demographic_channels, demographic_vector,
                                                           position_channels, unit_to_ct, unit_to_pet)
+from PETDiffusionLib.methods.totalgen.splines import bspline_upsample
 
 log = logging.getLogger(__name__)
 
 ORGAN_THRESHOLD = 0.5
-"""An organ indicator (0..1) above one half marks the organ (the mid-point of the two classes)."""
+"""An organ channel (0..1) above one half marks the organ: the mid-point of an indicator's two
+classes, the 0 mm surface of a signed distance (data.organ_sdf_unit)."""
 FAT_HU = (-190.0, -30.0)
 """Adipose tissue HU window of CT body-composition analysis (Kvist et al. 1988; PHYSICS.md §5 puts
 fat at -50..-100 HU)."""
@@ -140,9 +146,32 @@ def super_resolve(net, low: torch.Tensor, demo: list[float], steps: int, seed: i
     return out.clamp(-1.0, 1.0)
 
 
-def organ_map(lr_organs_unit: torch.Tensor, ct_hu: np.ndarray) -> np.ndarray:
-    """[n_organs, *LR_SHAPE] indicators in [0, 1] -> HR label map (OUTPUT_LABELS)."""
-    up = ResidualSuperResolution().upsample(lr_organs_unit[None].float(), HR_SHAPE)[0].numpy()
+def organ_encoding(card: dict) -> str:
+    """A card's organ-channel encoding (``preprocessing.organ_encoding``; "indicator" for the cards
+    of 0.1-0.3, written before it existed)."""
+    enc = card.get("preprocessing", {}).get("organ_encoding", "indicator")
+    if enc not in ORGAN_ENCODINGS:
+        raise InputError(f"model {card.get('id')}: preprocessing.organ_encoding {enc!r} is not one "
+                         f"of {', '.join(ORGAN_ENCODINGS)}")
+    return enc
+
+
+def upsample_organs(lr_organs_unit: torch.Tensor, encoding: str = "indicator") -> np.ndarray:
+    """[n_organs, *LR_SHAPE] channels in [0, 1] -> [n_organs, *HR_SHAPE] on the HR grid.
+
+    Indicators: trilinear (the 0.1-0.3 decoding). Signed distances: cubic B-spline (splines.py; a distance
+    field is smooth, and linear interpolation cuts the corners of a thin organ: on 8 held-out
+    phantom subjects at three sub-sampling offsets, the exact LR signed distances decode to 85 % of
+    the kidneys' volume linearly and 99 % by cubic splines, indicators 90 %)."""
+    if encoding == "sdf":
+        return bspline_upsample(lr_organs_unit.float().cpu(), FACTOR).numpy()
+    return ResidualSuperResolution().upsample(lr_organs_unit[None].float().cpu(), HR_SHAPE)[0].numpy()
+
+
+def organ_map(lr_organs_unit: torch.Tensor, ct_hu: np.ndarray, encoding: str = "indicator"
+              ) -> np.ndarray:
+    """[n_organs, *LR_SHAPE] organ channels in [0, 1] -> HR label map (OUTPUT_LABELS)."""
+    up = upsample_organs(lr_organs_unit, encoding)
     best = up.argmax(0)
     labels = np.where(up.max(0) > ORGAN_THRESHOLD, best + 1, 0).astype(np.uint8)
     n = len(ORGAN_CHANNELS)
@@ -167,7 +196,8 @@ def sample_global_batch(net, demos: list[list[float]], steps: int, seed: int) ->
 
 @torch.no_grad()
 def finish(networks: dict, lr: torch.Tensor, demo: list[float], sr_steps: int, seed: int,
-           window: tuple[int, int, int] | None = SR_WINDOW, progress=None) -> Synthesis:
+           window: tuple[int, int, int] | None = SR_WINDOW, progress=None,
+           encoding: str = "indicator") -> Synthesis:
     """Stage 2 and the organ labels from one stage-1 sample ``lr`` [C, *LR_SHAPE] (2u - 1)."""
     hr = super_resolve(networks["sr"], lr[None, :2], demo, sr_steps, seed, window,
                        progress=progress)
@@ -175,15 +205,17 @@ def finish(networks: dict, lr: torch.Tensor, demo: list[float], sr_steps: int, s
     lr_unit = ((lr + 1) / 2).cpu().numpy()
     ct_hu = unit_to_ct(unit[0]).astype(np.float32)
     suv = unit_to_pet(unit[1]).astype(np.float32)
-    organs = organ_map(torch.from_numpy(lr_unit[2:]), ct_hu)
+    organs = organ_map(torch.from_numpy(lr_unit[2:]), ct_hu, encoding)
     return Synthesis(ct_hu=ct_hu, suv=suv, organs=organs, lr_unit=lr_unit)
 
 
 @torch.no_grad()
 def synthesize(networks: dict, age: float, sex: str, height_cm: float, weight_kg: float,
                steps: int, sr_steps: int, seed: int, s_churn: float = 0.0,
-               window: tuple[int, int, int] | None = SR_WINDOW, progress=None) -> Synthesis:
-    """The whole cascade for one subject (top-first HR arrays on the 4 mm box)."""
+               window: tuple[int, int, int] | None = SR_WINDOW, progress=None,
+               encoding: str = "indicator") -> Synthesis:
+    """The whole cascade for one subject (top-first HR arrays on the 4 mm box); ``encoding``: the
+    model's organ channels (:func:`organ_encoding` of its card)."""
     report = progress or (lambda f, m="": None)
     demo = demographic_vector(age, sex, height_cm, weight_kg)
     report(0.0, "stage 1: global low-resolution PET/CT")
@@ -191,7 +223,7 @@ def synthesize(networks: dict, age: float, sex: str, height_cm: float, weight_kg
                        progress=lambda f, m="": report(0.4 * f, "stage 1"))
     report(0.4, "stage 2: super-resolution")
     out = finish(networks, lr, demo, sr_steps, seed + 1, window,
-                 progress=lambda f, m="": report(0.4 + 0.55 * f, "stage 2"))
+                 progress=lambda f, m="": report(0.4 + 0.55 * f, "stage 2"), encoding=encoding)
     report(1.0, "done")
     return out
 

@@ -26,10 +26,12 @@ from PETDiffusionLib.diffusion.edm import EDM, ResidualSuperResolution
 from PETDiffusionLib.diffusion.windows import WindowedNet
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.methods.totalgen.data import HR_SHAPE
+from PETDiffusionLib.methods.totalgen.data import (FACTOR, HR_SHAPE, ORGAN_CHANNELS, ORGAN_GROUP_ID,
+                                                   load_cohort, organ_sdf_unit)
 from PETDiffusionLib.methods.totalgen.intensities import demographic_vector
 from PETDiffusionLib.methods.totalgen.synthesis import (SR_OVERLAP, SR_WINDOW, body_box,
                                                         body_figures, finish, measure,
+                                                        organ_encoding, organ_map,
                                                         sample_global_batch, sr_condition)
 from PETDiffusionLib.models.registry import resolve_model
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
@@ -91,7 +93,8 @@ def _jsonable(summary: dict) -> dict:
             for (o, q), (m, s, n) in summary.items()}
 
 
-def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int) -> dict:
+def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int,
+           encoding: str = "indicator") -> dict:
     """Synthetic vs held-out population vs AutoPET, by sex."""
     demos = [demographic_vector(i["demographics"]["age"], i["demographics"]["sex"],
                                 i["demographics"]["height_cm"], i["demographics"]["weight_kg"])
@@ -101,7 +104,7 @@ def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int) 
     t_stage1 = time.monotonic() - t0
     synth = []
     for k, info in enumerate(infos):
-        s = finish(nets, lr[k], demos[k], sr_steps, seed + 1 + k)
+        s = finish(nets, lr[k], demos[k], sr_steps, seed + 1 + k, encoding=encoding)
         synth.append({**measure(s.organs, s.suv, s.ct_hu), "sex": info["demographics"]["sex"]})
     out = {"stage1_seconds_batch": round(t_stage1, 1), "n": len(infos), "by_sex": {}}
     for sex in ("M", "F"):
@@ -116,7 +119,8 @@ def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int) 
     return out
 
 
-def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0) -> dict:
+def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0,
+               encoding: str = "indicator") -> dict:
     """Both acceptance subjects x ``seeds`` stage-1 samples (one batch: each sample its own noise
     draw), then stage 2 with ``sr_steps`` per sample."""
     order = [(sex, k) for sex in ACCEPTANCE for k in range(seeds)]
@@ -132,7 +136,7 @@ def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0)
             if s_ != sex:
                 continue
             t0 = time.monotonic()
-            s = finish(nets, lr[j], demos[j], sr_steps, seed + 1 + j)
+            s = finish(nets, lr[j], demos[j], sr_steps, seed + 1 + j, encoding=encoding)
             rows.append(measure(s.organs, s.suv, s.ct_hu))
             figs.append({**body_figures(s.ct_hu),
                          "seconds": round(t_stage1 + time.monotonic() - t0, 1)})
@@ -208,6 +212,34 @@ def seam_check(nets: dict, steps: int, sigma: float = 0.5) -> dict:
             "units": "network units (2u - 1): 1.0 = 500 HU of CT"}
 
 
+DECODING_OFFSETS = ((0, 0, 0), (1, 2, 1), (3, 3, 2))
+"""Three of the 64 stratified sub-sampling offsets (z, y, x) used by :func:`decoding_ceiling`."""
+
+
+def decoding_ceiling(folder: Path, encoding: str, subjects: int = 8) -> dict:
+    """What a perfect stage 1 would give: the held-out subjects' own organ channels, sub-sampled to
+    16 mm and decoded back to 4 mm as the task decodes them (``encoding``); the decoded volume over
+    the true one, per organ (mean and smallest over subjects x DECODING_OFFSETS)."""
+    arrays, _ = load_cohort(folder)
+    ratios: dict[str, list[float]] = {o: [] for o in ("liver", "kidneys", "heart")}
+    for a in arrays[:subjects]:
+        groups = a["groups"]
+        if encoding == "sdf":
+            channels = organ_sdf_unit(groups).astype(np.float32)
+        else:
+            channels = np.stack([groups == k + 1 for k in range(len(ORGAN_CHANNELS))]).astype(np.float32)
+        for oz, oy, ox in DECODING_OFFSETS:
+            lr = np.ascontiguousarray(channels[:, oz::FACTOR, oy::FACTOR, ox::FACTOR])
+            labels = organ_map(torch.from_numpy(lr), np.full(groups.shape, -1000.0, np.float32), encoding)
+            for o in ratios:
+                gid = ORGAN_GROUP_ID[o]
+                ratios[o].append(float((labels == gid).sum() / max(1, (groups == gid).sum())))
+    return {"encoding": encoding, "subjects": min(subjects, len(arrays)),
+            "offsets": [list(o) for o in DECODING_OFFSETS],
+            "volume_ratio": {o: {"mean": round(float(np.mean(v)), 4), "min": round(float(np.min(v)), 4)}
+                             for o, v in ratios.items()}}
+
+
 def population_summary(folder: Path) -> dict:
     """The organ figures of a prepared population by sex (its subject_*.json), and its demographics."""
     infos = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("subject_*.json"))]
@@ -237,9 +269,13 @@ def evaluate(args) -> str:
     if Path(args.train_cohort).is_dir():
         result["training_population"] = population_summary(Path(args.train_cohort))
     log.info("Table 1 over %d held-out subjects", len(infos))
-    result["table1"] = table1(nets, infos, args.steps, args.table_sr_steps, args.seed)
+    encoding = organ_encoding(card)
+    result["organ_encoding"] = encoding
+    result["table1"] = table1(nets, infos, args.steps, args.table_sr_steps, args.seed, encoding)
+    result["decoding_ceiling"] = decoding_ceiling(Path(args.cohort), encoding)
     log.info("acceptance demographics, %d seeds", args.seeds)
-    result["acceptance"] = acceptance(nets, args.steps, args.sr_steps, args.seeds, args.seed)
+    result["acceptance"] = acceptance(nets, args.steps, args.sr_steps, args.seeds, args.seed,
+                                      encoding)
     if not args.no_response:
         result["response"] = response(nets, args.steps, 2)
     result["seams"] = seam_check(nets, args.steps)
@@ -279,5 +315,8 @@ def format_result(r: dict) -> str:
             lines.append(f"  {key:<30}{json.dumps(c)}")
     if "response" in r:
         lines.append(f"response: {json.dumps(r['response'])}")
+    if "decoding_ceiling" in r:
+        lines.append(f"decoding ceiling (exact stage-1 organ channels, decoded volume / true): "
+                     f"{json.dumps(r['decoding_ceiling']['volume_ratio'])}")
     lines.append(f"seams: {json.dumps(r['seams'])}")
     return "\n".join(lines)

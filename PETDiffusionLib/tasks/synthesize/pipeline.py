@@ -1,9 +1,9 @@
 """Task synthesize: demographics -> synthetic PET/CT with organ labels (TotalGen cascade).
 
 Pipeline (methods/totalgen/synthesis.py): stage 1 samples a 16 mm clavicle-to-sacrum volume of CT,
-PET and organ indicators from the demographic channels (EDM, Heun); stage 2 adds the residual
+PET and organ channels (indicators or signed distances, per the card) from the demographic channels (EDM, Heun); stage 2 adds the residual
 diffusion super-resolution to 4 mm over overlapping z-chunks with Gaussian blending; the organ
-labels come from the upsampled indicators (and fat / bone from the synthetic CT). No image inputs.
+labels come from the upsampled organ channels (and fat / bone from the synthetic CT). No image inputs.
 
 Demographics outside the training population are refused with a message naming the value and the
 range, unless ``allow_out_of_range`` is set: then the run proceeds and the manifest
@@ -20,7 +20,8 @@ import torch
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.methods.totalgen.data import AGE_RANGE, BMI_RANGE, out_of_range
-from PETDiffusionLib.methods.totalgen.synthesis import OUTPUT_LABELS, box_image, synthesize
+from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, box_image, organ_encoding,
+                                                        synthesize)
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
@@ -73,7 +74,8 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
     torch.manual_seed(seed)
     res = synthesize(networks, age, sex, height, weight, int(params["steps"]),
                      int(params["sr_steps"]), seed,
-                     progress=ctx.progress.sub(0.05, 0.85, "synthesize"))
+                     progress=ctx.progress.sub(0.05, 0.85, "synthesize"),
+                     encoding=organ_encoding(card))
     ctx.manifest_extra.update({
         "model_id": card["id"], "model_version": card.get("version"), "synthetic": True,
         "synthetic_outputs": ["ct", "pet", "organs"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.methods.totalgen import batches
 from PETDiffusionLib.methods.totalgen.data import (AGE_RANGE, BMI_RANGE, FACTOR, HR_SHAPE,
                                                    HR_SPACING_MM, LR_SHAPE, ORGAN_CHANNELS,
-                                                   REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
-                                                   load_cohort, prepare_cohort)
+                                                   ORGAN_ENCODINGS, REGION_BOTTOM_FRACTION,
+                                                   REGION_TOP_FRACTION, SDF_CLIP_MM, load_cohort,
+                                                   organ_sdf_unit, prepare_cohort)
 from PETDiffusionLib.methods.totalgen.intensities import (CT_HU_MAX, CT_HU_MIN, SUV_MAX,
                                                           demographic_channels)
 from PETDiffusionLib.methods.totalgen.networks import unet_spec
@@ -102,9 +104,32 @@ def channel_statistics(arrays: list[dict], std_floor: float = STD_FLOOR
             torch.tensor(np.maximum(std, std_floor), dtype=torch.float32))
 
 
+def organ_encoding(block: dict) -> str:
+    """The stage-1 block's ``organ_encoding`` (data.ORGAN_ENCODINGS; "indicator" when absent)."""
+    enc = block.get("organ_encoding", "indicator")
+    if enc not in ORGAN_ENCODINGS:
+        raise InputError(f"global.organ_encoding: {enc!r} is not one of {', '.join(ORGAN_ENCODINGS)}")
+    return enc
+
+
+def encode_organs(arrays: list[dict], block: dict) -> dict:
+    """Give every subject its signed-distance organ channels (``organ_unit``) when the block asks
+    for them; the summary's encoding fields."""
+    enc = organ_encoding(block)
+    if enc != "sdf":
+        return {"organ_encoding": enc}
+    clip = float(block.get("sdf_clip_mm", SDF_CLIP_MM))
+    t0 = time.monotonic()
+    for a in arrays:
+        a["organ_unit"] = organ_sdf_unit(a["groups"], clip)
+    log.info("signed-distance organ channels of %d subjects (%.0f s)", len(arrays), time.monotonic() - t0)
+    return {"organ_encoding": enc, "sdf_clip_mm": clip}
+
+
 def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
     block = cfg["global"]
     arrays, infos = load_cohort(cfg["train_dir"])
+    encoding = encode_organs(arrays, block)
     net = build_network(network_specs(cfg)["global"], "global")
     start = {}
     if block.get("init_from"):
@@ -148,7 +173,7 @@ def train_global(cfg: dict, options: TrainOptions, folder: Path) -> dict:
 
     tr = _trainer(cfg, block, folder, "global", net, loss_fn, batch_fn, options)
     return {**_fit(tr, options, "global"), "subjects": len(arrays),
-            "lr_volumes": len(arrays) * FACTOR ** 3, **stats, **start}
+            "lr_volumes": len(arrays) * FACTOR ** 3, **encoding, **stats, **start}
 
 
 def train_sr(cfg: dict, options: TrainOptions, folder: Path) -> dict:
@@ -216,6 +241,12 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
             "network_units": "2u - 1 for every [0, 1] channel",
             "demographics": "age/100, sex (1 male, 0 female), height_cm/100, weight_kg/100",
             "organ_channels": [name for name, _ in ORGAN_CHANNELS],
+            "organ_encoding": organ_encoding(cfg["global"]),
+            **({"sdf_clip_mm": float(cfg["global"].get("sdf_clip_mm", SDF_CLIP_MM)),
+                "organ_decoding": "signed distance, cubic B-spline upsampled to the HR grid, "
+                                  "organ where > 0 mm (the most inside organ)"}
+               if organ_encoding(cfg["global"]) == "sdf" else
+               {"organ_decoding": "indicator, linearly upsampled to the HR grid, organ where > 0.5"}),
             "training_range": {"age": list(AGE_RANGE), "bmi": list(BMI_RANGE),
                                "height_cm": cfg.get("height_range_cm", [150.0, 195.0]),
                                "weight_kg": cfg.get("weight_range_kg", [40.0, 150.0])},
