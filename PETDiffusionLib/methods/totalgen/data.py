@@ -79,9 +79,10 @@ def sample_population(rng: np.random.Generator) -> Demographics:
 
 
 ORGAN_ENCODINGS = ("indicator", "sdf")
-"""How an organ group is a stage-1 channel: its 0/1 indicator (0.1-0.3), or its signed distance
-(0.4: :func:`organ_sdf_unit`). Both decode the same way, the organ where the channel's unit exceeds
-one half (synthesis.ORGAN_THRESHOLD)."""
+"""How an organ group is a stage-1 channel: its 0/1 indicator (the shipped 0.1-0.3), or its signed
+distance (:func:`organ_sdf_unit`; measured at equal budget, not shipped: README, the card's
+ablation_organ_encoding). Both mark the organ where the channel's unit exceeds one half
+(synthesis.ORGAN_THRESHOLD)."""
 SDF_CLIP_MM = 48.0
 """Signed distances are clipped at +-48 mm, three 16 mm LR voxels: wide enough that the field has a
 slope over every LR voxel near an organ (a kidney is about 110 x 60 x 30 mm, Standring, Gray's
