@@ -20,7 +20,8 @@ from PETDiffusionLib.io.images import get_units, is_synthetic, read_image
 from PETDiffusionLib.methods.totalgen import batches, intensities
 from PETDiffusionLib.methods.totalgen.data import (HR_SHAPE, LR_SHAPE, ORGAN_GROUP_ID,
                                                    ORGAN_CHANNELS, REGION_BOTTOM_FRACTION, REGION_TOP_FRACTION,
-                                                   SDF_CLIP_MM, load_cohort, organ_sdf_unit,
+                                                   SDF_CLIP_MM, load_cohort, organ_indicators,
+                                                   organ_sdf_unit,
                                                    out_of_range, simulate_subject)
 from PETDiffusionLib.methods.totalgen.intensities import demographic_channels
 from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, body_box, body_figures,
@@ -291,7 +292,7 @@ def test_exact_lr_signed_distances_decode_to_the_organ_volumes_better_than_indic
     volume; indicators, linear (the 0.1-0.3 decoding), lose more of the thin kidneys."""
     s = simulate_subject(91700, 3)
     enc = organ_sdf_unit(s["groups"]).astype(np.float32)
-    ind = np.stack([(s["groups"] == k + 1) for k in range(len(ORGAN_CHANNELS))]).astype(np.float32)
+    ind = organ_indicators(s["groups"])
     sub = (slice(None), slice(1, None, 4), slice(2, None, 4), slice(1, None, 4))
     sdf_lab = organ_map(torch.from_numpy(np.ascontiguousarray(enc[sub])), s["ct_hu"], "sdf")
     ind_lab = organ_map(torch.from_numpy(np.ascontiguousarray(ind[sub])), s["ct_hu"], "indicator")

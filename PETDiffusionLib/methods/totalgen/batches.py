@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from PETDiffusionLib.methods.totalgen.data import FACTOR, HR_SHAPE, ORGAN_CHANNELS
+from PETDiffusionLib.methods.totalgen.data import FACTOR, HR_SHAPE, organ_indicators
 from PETDiffusionLib.methods.totalgen.intensities import (demographic_channels, demographic_vector,
                                                           position_channels)
 
@@ -32,10 +32,10 @@ def hr_channels(arr: dict) -> np.ndarray:
     """[2 + n_organs, Z, Y, X] unit channels: CT, PET, organ groups (``arr["organ_unit"]`` when
     present, the signed-distance encoding, else the groups' indicators)."""
     if "organ_unit" in arr:
-        organs = list(arr["organ_unit"].astype(np.float32))
+        organs = arr["organ_unit"].astype(np.float32)
     else:
-        organs = [(arr["groups"] == k + 1).astype(np.float32) for k in range(len(ORGAN_CHANNELS))]
-    return np.stack([arr["ct"], arr["pet"], *organs])
+        organs = organ_indicators(arr["groups"])
+    return np.concatenate([np.stack([arr["ct"], arr["pet"]]), organs])
 
 
 def global_batch(arrays: list[dict], infos: list[dict], batch: int, rng: np.random.Generator

@@ -90,6 +90,21 @@ Anatomy 41st ed., so no voxel of it is more than about 15 mm inside) and narrow 
 voxels saturate."""
 
 
+def organ_indicators(groups: np.ndarray) -> np.ndarray:
+    """Organ group ids [Z, Y, X] -> [n_organs, Z, Y, X] float32 0/1 indicators."""
+    return np.stack([groups == k + 1 for k in range(len(ORGAN_CHANNELS))]).astype(np.float32)
+
+
+def organ_channels(groups: np.ndarray, encoding: str) -> np.ndarray:
+    """Organ group ids -> [n_organs, Z, Y, X] float32 channels in [0, 1] of ``encoding``
+    (ORGAN_ENCODINGS)."""
+    if encoding == "sdf":
+        return organ_sdf_unit(groups).astype(np.float32)
+    if encoding == "indicator":
+        return organ_indicators(groups)
+    raise ValueError(f"organ encoding {encoding!r} is not one of {', '.join(ORGAN_ENCODINGS)}")
+
+
 def organ_sdf_unit(groups: np.ndarray, clip_mm: float = SDF_CLIP_MM) -> np.ndarray:
     """Organ group ids [Z, Y, X] (4 mm HR) -> [n_organs, Z, Y, X] float16 signed distances in [0, 1]:
     ``0.5 + 0.5 * clip(d / clip_mm, -1, 1)``, d in mm positive inside, measured from the voxel faces

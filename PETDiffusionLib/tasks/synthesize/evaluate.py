@@ -26,8 +26,8 @@ from PETDiffusionLib.diffusion.edm import EDM, ResidualSuperResolution
 from PETDiffusionLib.diffusion.windows import WindowedNet
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.atomic import atomic_write_text
-from PETDiffusionLib.methods.totalgen.data import (FACTOR, HR_SHAPE, ORGAN_CHANNELS, ORGAN_GROUP_ID,
-                                                   load_cohort, organ_sdf_unit)
+from PETDiffusionLib.methods.totalgen.data import (FACTOR, HR_SHAPE, ORGAN_GROUP_ID, load_cohort,
+                                                   organ_channels)
 from PETDiffusionLib.methods.totalgen.intensities import demographic_vector
 from PETDiffusionLib.methods.totalgen.synthesis import (SR_OVERLAP, SR_WINDOW, body_box,
                                                         body_figures, finish, measure,
@@ -224,10 +224,7 @@ def decoding_ceiling(folder: Path, encoding: str, subjects: int = 8) -> dict:
     ratios: dict[str, list[float]] = {o: [] for o in ("liver", "kidneys", "heart")}
     for a in arrays[:subjects]:
         groups = a["groups"]
-        if encoding == "sdf":
-            channels = organ_sdf_unit(groups).astype(np.float32)
-        else:
-            channels = np.stack([groups == k + 1 for k in range(len(ORGAN_CHANNELS))]).astype(np.float32)
+        channels = organ_channels(groups, encoding)
         for oz, oy, ox in DECODING_OFFSETS:
             lr = np.ascontiguousarray(channels[:, oz::FACTOR, oy::FACTOR, ox::FACTOR])
             labels = organ_map(torch.from_numpy(lr), np.full(groups.shape, -1000.0, np.float32), encoding)
