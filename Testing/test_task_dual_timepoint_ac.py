@@ -20,10 +20,12 @@ from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, write
 from PETDiffusionLib.methods.stmdiff.inference import build_condition, top_k
 from PETDiffusionLib.methods.stmdiff.intensities import body_contours
 from PETDiffusionLib.methods.stmdiff.losses import contour_dice, matching_infonce
-from PETDiffusionLib.models.card import build_network
-from PETDiffusionLib.models.registry import save_model_folder
+from PETDiffusionLib.models.card import build_network, read_card
+from PETDiffusionLib.models.registry import resolve_model, save_model_folder
 from PETDiffusionLib.phantom.case import PhantomConfig, generate_cohort
-from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import nac_profile, retention_rows
+from PETDiffusionLib.tasks.dual_timepoint_ac.evaluate import patient_check
+from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import (SAME_PATIENT_MARGIN, nac_profile, same_patient_warning,
+                                                              retention_rows)
 from PETDiffusionLib.tasks.runner import run_task
 from PETDiffusionLib.training.recipes.dual_timepoint_ac import card as recipe_card
 from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import network_specs
@@ -172,3 +174,45 @@ def test_a_nac_in_bq_per_ml_is_refused(case, tiny_model, tmp_path):
     tagged = write_image(bq, tmp_path / "nac_tagged.nii.gz", units="Bq/mL")
     _expect_refused({"nac": str(tagged), "ct": str(case / "ct.nii.gz")}, tmp_path / "out", tiny_model,
                     "Bq/mL")
+
+
+# ------------------------------------------------------------------------------------------------
+# another patient's CT (issue 16)
+
+def test_patient_check_sets_the_floor_below_every_own_ct_and_counts_the_other_cts_it_refuses():
+    m = np.array([[-0.30, -0.90, -0.40],
+                  [-2.00, -0.35, -0.45],
+                  [-1.50, -0.52, -0.25]])   # row: a case's NAC, column: a case's CT
+    pc = patient_check(m)
+    assert pc["same_patient"] == [-0.35, -0.25]
+    assert pc["floor"] == pytest.approx(SAME_PATIENT_MARGIN * -0.35)
+    assert pc["same_refused_fraction"] == 0.0
+    # floor -0.525: -0.90, -2.00, -1.50 refused; -0.40, -0.45, -0.52 not
+    assert pc["pairs_other"] == 6 and pc["other_refused_fraction"] == 0.5
+
+
+def test_a_ct_matching_worse_than_the_card_floor_gets_a_warning_with_both_readings():
+    card = {"matching": {"same_patient_min_similarity": -0.6}}
+    assert same_patient_warning(-0.4, card) is None
+    assert same_patient_warning(None, card) is None           # no similarity (k = 0 model)
+    assert same_patient_warning(-3.0, {"matching": {}}) is None  # no floor in the card
+    w = same_patient_warning(-1.2, card)
+    assert "another patient" in w and "-1.20" in w and "-0.60" in w
+
+
+def test_the_shipped_model_warns_about_another_patients_ct_and_not_about_the_own(tmp_path):
+    """Two held-out phantoms (the evaluation cohort's seed and grid): the delayed NAC of case 0 with its
+    own CT runs without a warning; with case 1's CT the match similarity falls below the card's floor
+    and the manifest says so (the card's evaluation.patient_check gives the fraction of such pairs)."""
+    a, b = generate_cohort(tmp_path / "cohort", 2, seed=90000,
+                           cfg=PhantomConfig(size=64, slices=80, images=("ac", "nac", "delayed")))
+    floor = read_card(resolve_model("stmdiff-phantom-2d"))["matching"]["same_patient_min_similarity"]
+    own = json.loads(run_task("dual-timepoint-ac", {"nac": str(a / "pet_delayed_nac.nii.gz"),
+                                                    "ct": str(a / "ct.nii.gz")},
+                              {"steps": 2}, tmp_path / "own").read_text())
+    assert own["ct_match_similarity"] >= floor and not own.get("warnings")
+    other = json.loads(run_task("dual-timepoint-ac", {"nac": str(a / "pet_delayed_nac.nii.gz"),
+                                                      "ct": str(b / "ct.nii.gz")},
+                                {"steps": 2}, tmp_path / "other").read_text())
+    assert other["ct_match_similarity"] < floor
+    assert any("another patient" in w for w in other["warnings"])

@@ -61,7 +61,7 @@ def body_outline(suv: np.ndarray, spacing_xyz) -> np.ndarray:
     return smooth > BODY_SUV
 
 
-def _pad_square(arrs: list[np.ndarray]) -> tuple[list[np.ndarray], tuple[slice, slice]]:
+def pad_square(arrs: list[np.ndarray]) -> tuple[list[np.ndarray], tuple[slice, slice]]:
     """Zero-pad [Z,Y,X] arrays to an even n x n whose inscribed circle holds the whole image."""
     _, ny, nx = arrs[0].shape
     n = int(math.ceil(math.hypot(ny, nx))) + 2
@@ -128,7 +128,7 @@ def simulate_low_count(suv: np.ndarray, spacing_xyz, fraction: float, settings: 
     suv = np.clip(np.asarray(suv, np.float32), 0, None)
     if mu_per_cm is None:
         mu_per_cm = np.where(body_outline(suv, spacing_xyz), SOFT_TISSUE_MU_PER_CM, 0.0)
-    (s_pad, m_pad), crop = _pad_square([suv, np.asarray(mu_per_cm, np.float32)])
+    (s_pad, m_pad), crop = pad_square([suv, np.asarray(mu_per_cm, np.float32)])
     n = s_pad.shape[1]
     cfg = AcquisitionConfig(n_angles=_angles_for(n, settings.subsets), n_subsets=settings.subsets,
                             iterations=settings.iterations, psf_fwhm_mm=settings.psf_fwhm_mm,

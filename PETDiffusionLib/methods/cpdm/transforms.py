@@ -38,10 +38,12 @@ def crop_or_pad(vol: np.ndarray, size: int, fill: float) -> np.ndarray:
     return out
 
 
-def pad_to_multiple(vol: np.ndarray, multiple: int, fill: float) -> tuple[np.ndarray, tuple]:
-    """Pad the last two axes up to a multiple of ``multiple``; returns (array, (y0, x0, h, w))."""
-    h, w = vol.shape[-2:]
+def pad_to_multiple(vol: np.ndarray, multiple: int, fill: float, minimum: int = 0) -> tuple[np.ndarray, tuple]:
+    """Pad the last two axes up to a multiple of ``multiple`` (and to at least ``minimum``); returns
+    (array, (y0, x0, h, w))."""
+    h, w = (max(n, minimum) for n in vol.shape[-2:])
     H, W = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    h, w = vol.shape[-2:]
     y0, x0 = (H - h) // 2, (W - w) // 2
     out = np.full(vol.shape[:-2] + (H, W), fill, np.float32)
     out[..., y0:y0 + h, x0:x0 + w] = vol

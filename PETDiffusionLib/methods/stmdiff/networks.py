@@ -52,6 +52,7 @@ class SliceEncoder(nn.Module):
         self.project = nn.Linear(width * 4 * POOL_GRID * POOL_GRID, dim)
         self.contour = nn.Linear(dim, contour_size * contour_size)
         self.contour_size = contour_size
+        self.features_stride = 4  # stem /2 and stage1 /2: the autoencoder's latent grid
 
     def _trunk(self, x):
         f4 = self.stage1(self.stem(x))

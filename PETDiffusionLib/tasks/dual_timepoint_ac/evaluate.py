@@ -31,9 +31,11 @@ from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.phantom.cohort import case_info, list_cases
 from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion, matching_first_slices
 from PETDiffusionLib.quant.metrics import psnr, rmse, ssim3d
-from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import (CT_AIR, PAD_MULTIPLE, correct_volume,
-                                                              ct_on_nac_plane, load_model, nac_profile,
+from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import (CT_AIR, PAD_MULTIPLE, SAME_PATIENT_MARGIN,
+                                                              correct_volume, ct_on_nac_plane, load_model,
+                                                              match_similarity, nac_profile,
                                                               retention_rows, working_nac)
+from PETDiffusionLib.tasks.dual_timepoint_ac.realdata import real_crops_study
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import DEFAULT_STEPS, LESION_SUV_THRESHOLD
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,14 @@ log = logging.getLogger(__name__)
 FILES = ("ct", "pet_delayed_nac", "pet_delayed_ac", "organs")
 ORGANS = {"liver": ("liver",), "kidneys": ("kidney",)}  # STMDiff Fig. 4 regions
 BASELINES = {"unet": "stmdiff-unet", "diffusion_no_ct": "stmdiff-k0", "stmdiff_k1": "stmdiff-k1",
-             "stmdiff_k3": "stmdiff-k3"}
+             "stmdiff_k3": "stmdiff-k3", "stmdiff_k4": "stmdiff-k4", "stmdiff_k5": "stmdiff-k5"}
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cohort", required=True, help="held-out simulated cohort (delayed images)")
+    parser.add_argument("--cohort", default=None, help="held-out simulated cohort (delayed images)")
+    parser.add_argument("--real-crops", default=None, metavar="DIR",
+                        help="instead of --cohort: delayed scans simulated from the real sarcoma PET/CT "
+                             "crops in DIR (../shared/data/petct_sts_more; tasks/dual_timepoint_ac/realdata.py)")
     parser.add_argument("--model", default=None, help="STMDiff model folder (default: the shipped one)")
     parser.add_argument("--baselines", default="runs/stmdiff/train/models",
                         help="folder with stmdiff-unet, stmdiff-k0, stmdiff-k1, stmdiff-k3")
@@ -56,6 +61,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/stmdiff/eval", help="folder for results.json")
+    parser.add_argument("--figures", action="store_true",
+                        help="also write violins of the liver and kidney SUVs per method (STMDiff Fig. 4) "
+                             "and retrieval accuracy against the motion (Fig. 5) into --out")
     parser.add_argument("--record-into", default=None, metavar="MODEL_DIR",
                         help="copy the figures into MODEL_DIR/card.json 'evaluation'")
 
@@ -85,6 +93,54 @@ def score(pred: np.ndarray, ref: np.ndarray, body: np.ndarray, c: dict) -> dict:
     return out
 
 
+VIOLIN_VOXELS = 4000
+"""Voxels drawn per case, organ and method for the violins (the 8 held-out cases: 32,000 per violin)."""
+
+
+def organ_voxels(pred: np.ndarray, c: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for organ, parts in ORGANS.items():
+        v = pred[np.isin(c["organs"], _labels(c["names"], parts))]
+        out[organ] = v if len(v) <= VIOLIN_VOXELS else rng.choice(v, VIOLIN_VOXELS, replace=False)
+    return out
+
+
+def write_figures(folder: Path, voxels: dict[str, dict[str, list]], retr: list[dict]) -> list[str]:
+    """violins.png: SUV of the liver and kidney voxels (reference and each method, pooled over the
+    cases); retrieval.png: top-1/top-2 (exact and +-1 slice) against the size of each case's motion."""
+    from matplotlib.figure import Figure
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = list(voxels)
+    fig = Figure(figsize=(1.3 * len(methods) + 1.5, 5.4))
+    for row, organ in enumerate(ORGANS):
+        ax = fig.add_subplot(2, 1, row + 1)
+        data = [np.concatenate(voxels[m][organ]) if voxels[m][organ] else np.zeros(1) for m in methods]
+        ax.violinplot(data, showmedians=True)
+        ax.set_xticks(range(1, len(methods) + 1), methods if row == 1 else [""] * len(methods), fontsize=7,
+                      rotation=20)
+        ax.set_ylabel(f"{organ} SUV", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("dual-timepoint-ac, held-out phantoms: delayed AC SUV in liver and kidneys\n"
+                 "(reference = simulated delayed AC; the others SYNTHETIC)", fontsize=8)
+    fig.tight_layout()
+    p1 = folder / "violins.png"
+    fig.savefig(p1, dpi=110)
+    fig = Figure(figsize=(5, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    mm = [r["motion_mm"] for r in retr]
+    for key, mark in (("top1", "o"), ("top2", "s"), ("top1_pm1", "^"), ("top2_pm1", "v")):
+        ax.plot(mm, [r[key] for r in retr], mark, label=key.replace("_pm1", " +-1 slice"))
+    ax.set_xlabel("motion between the scans (mm)", fontsize=8)
+    ax.set_ylabel("retrieval accuracy", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    p2 = folder / "retrieval.png"
+    fig.savefig(p2, dpi=110)
+    return [str(p1), str(p2)]
+
+
 def retrieval(nets: dict, c: dict, spacing, k_max: int = 5) -> dict:
     """Top-k retrieval accuracy of the matching network on this case's delayed slices (exact slice
     and within +-1 slice), against the true first-scan slice from the recorded motion."""
@@ -106,6 +162,36 @@ def retrieval(nets: dict, c: dict, spacing, k_max: int = 5) -> dict:
     return acc
 
 
+def match_matrix(nets: dict, studies: list[tuple[sitk.Image, sitk.Image]], spacing) -> np.ndarray:
+    """pipeline.match_similarity of every case's delayed NAC [i] against every case's CT [j]."""
+    nacs = []
+    for nac_img, _ in studies:
+        nw = working_nac(nac_img, spacing)
+        nacs.append((nw, pad_to_multiple(sitk.GetArrayFromImage(nw), PAD_MULTIPLE, 0.0)[0]))
+    out = np.zeros((len(studies), len(studies)))
+    for j, (_, ct_img) in enumerate(studies):
+        for i, (nw, nac) in enumerate(nacs):
+            ct, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_on_nac_plane(ct_img, nw)), PAD_MULTIPLE, CT_AIR)
+            sim = slice_similarity(nets["g1"], nets["g2"], nac_to_net(nac), ct_to_net(ct))
+            out[i, j] = match_similarity(sim, nac)
+    return out
+
+
+def patient_check(matrix: np.ndarray) -> dict:
+    """Same-patient (diagonal) and other-patient ranges of the match similarity, the refusal floor
+    (SAME_PATIENT_MARGIN x the lowest same-patient value) and what it catches."""
+    same = np.diag(matrix)
+    other = matrix[~np.eye(len(matrix), dtype=bool)]
+    floor = SAME_PATIENT_MARGIN * float(same.min())
+    return {"same_patient": [round(float(same.min()), 3), round(float(same.max()), 3)],
+            "other_patient": [round(float(other.min()), 3), round(float(other.max()), 3)] if other.size else None,
+            "floor": round(floor, 3), "pairs_other": int(other.size),
+            "other_refused_fraction": round(float(np.mean(other < floor)), 3) if other.size else None,
+            "same_refused_fraction": round(float(np.mean(same < floor)), 3),
+            "how": "mean over the delayed NAC's body slices of the best s = -L1 to any CT slice; every "
+                   "held-out case's NAC against its own CT and against the other cases' CTs"}
+
+
 def _mean_sd(rows: list[dict], key: str) -> list[float]:
     v = [r[key] for r in rows if r.get(key) is not None]
     return [round(float(np.mean(v)), 4), round(float(np.std(v)), 4)]
@@ -116,16 +202,9 @@ def _pcc(a: list, b: list) -> float | None:
     return None if len(a) < 3 or a.std() == 0 or b.std() == 0 else round(float(np.corrcoef(a, b)[0, 1]), 3)
 
 
-def evaluate(args) -> str:
-    torch.set_num_threads(int(args.threads))
-    cases = list_cases(Path(args.cohort), require=tuple(f"{f}.nii.gz" for f in FILES))
-    if args.max_cases:
-        cases = cases[:args.max_cases]
-    if not cases:
-        raise InputError("no cases with delayed images (pet_delayed_nac, pet_delayed_ac)", args.cohort)
+def load_methods(args) -> tuple[dict, dict, dict]:
+    """(STMDiff networks, its card, {name: (networks, card)} of STMDiff k2 and the baselines found)."""
     nets, card = load_model(args.model)
-    steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
-    spacing = tuple(card["preprocessing"]["working_spacing_mm"])
     methods = {"stmdiff_k2": (nets, card)}
     for name, folder in BASELINES.items():
         path = Path(args.baselines) / folder
@@ -133,10 +212,53 @@ def evaluate(args) -> str:
             methods[name] = load_model_folder(path)
         else:
             log.warning("baseline %s not found in %s", name, path)
+    return nets, card, methods
+
+
+def evaluate_real_crops(args) -> str:
+    nets, card, methods = load_methods(args)
+    steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
+    result = real_crops_study(args.real_crops, methods, correct_volume, steps, args.seed, args.max_cases)
+    result["command"] = f"petdiffusion evaluate dual-timepoint-ac --real-crops {args.real_crops}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "real_crops.json", json.dumps(result, indent=1, default=str))
+    if args.record_into:
+        cp = Path(args.record_into) / "card.json"
+        card_json = json.loads(cp.read_text())
+        card_json["evaluation_real_crops"] = {k: v for k, v in result.items() if k != "per_case"}
+        atomic_write_text(cp, json.dumps(card_json, indent=2, default=str))
+    lines = [f"{result['cases']} real crops, motion {result['motion']}, {steps} steps"]
+    for name, v in result["summary"].items():
+        lines.append(f"{name:<16} body NRMSE median {v['body_nrmse_median']:.4f} (mean {v['body_nrmse_mean']:.4f})"
+                     f"  GTV SUVmean |error| median {v['gtv_suvmean_abs_error_pct_median']} %"
+                     + (f"  NRMSE / scaled NAC {v['nrmse_over_scaled_nac_median']}, "
+                        f"{v['cases_at_most_half_of_scaled_nac']} cases <= 0.5" if name != "nac_scaled" else ""))
+    lines.append(f"results: {out / 'real_crops.json'}")
+    return "\n".join(lines)
+
+
+def evaluate(args) -> str:
+    torch.set_num_threads(int(args.threads))
+    if args.real_crops:
+        return evaluate_real_crops(args)
+    if not args.cohort:
+        raise InputError("give --cohort (held-out simulated cohort) or --real-crops (real PET/CT crops)")
+    cases = list_cases(Path(args.cohort), require=tuple(f"{f}.nii.gz" for f in FILES))
+    if args.max_cases:
+        cases = cases[:args.max_cases]
+    if not cases:
+        raise InputError("no cases with delayed images (pet_delayed_nac, pet_delayed_ac)", args.cohort)
+    nets, card, methods = load_methods(args)
+    steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
+    spacing = tuple(card["preprocessing"]["working_spacing_mm"])
     t0 = time.monotonic()
     rows: dict[str, list[dict]] = {m: [] for m in ["nac", "nac_scaled", *methods]}
-    truth_organs, retr, checks, curve, ri_pairs = [], [], [], {}, []
+    truth_organs, retr, checks, curve, ri_pairs, studies = [], [], [], {}, [], []
     curve_steps = [int(s) for s in args.curve.split(",") if s.strip()]
+    voxels: dict[str, dict[str, list]] = {m: {o: [] for o in ORGANS}
+                                          for m in ["reference", "nac_scaled", *methods]}
+    vrng = np.random.default_rng(args.seed)
     for ci, case in enumerate(cases):
         c = read_case(case)
         ref = sitk.GetArrayFromImage(c["pet_delayed_ac"]).astype(np.float32)
@@ -145,11 +267,16 @@ def evaluate(args) -> str:
         truth_organs.append(score(ref, ref, body, c))
         rows["nac"].append(score(nac, ref, body, c) | {"case": c["name"]})
         rows["nac_scaled"].append(score(nac * NAC_GAIN, ref, body, c) | {"case": c["name"]})
+        for m, arr in (("reference", ref), ("nac_scaled", nac * NAC_GAIN)):
+            for o, v in organ_voxels(arr, c, vrng).items():
+                voxels[m][o].append(v)
         for name, (mn, mc) in methods.items():
             k = int(mc["preprocessing"].get("k", 0))
             res = correct_volume(c["pet_delayed_nac"], c["ct"], mn, mc, k=k, steps=steps, seed=args.seed)
             pred = sitk.GetArrayFromImage(res["pet"]).astype(np.float32)
             rows[name].append(score(pred, ref, body, c) | {"case": c["name"], "shift_mm": res["shift_mm"]})
+            for o, v in organ_voxels(pred, c, vrng).items():
+                voxels[name][o].append(v)
             if name == "stmdiff_k2" and (case / "pet_ac.nii.gz").is_file():
                 # retention index per hot region of the first AC PET: STMDiff's vs the simulated delayed AC's
                 first = read_image(case / "pet_ac.nii.gz")
@@ -163,6 +290,7 @@ def evaluate(args) -> str:
                                      steps=s, seed=args.seed)
                 pred = sitk.GetArrayFromImage(res["pet"]).astype(np.float32)
                 curve.setdefault(s, []).append(rmse(ref, pred, body))
+        studies.append((c["pet_delayed_nac"], c["ct"]))
         r = retrieval(nets, c, spacing)
         retr.append(r | {"case": c["name"], "motion_mm": round(c["motion"].magnitude_mm, 1),
                          "shift_mm_xyz": [round(v, 1) for v in c["motion"].shift_mm_xyz],
@@ -193,6 +321,7 @@ def evaluate(args) -> str:
             motion_bins[f"{lo}-{hi} mm"] = {"cases": len(sel), **{f"top{k}": round(float(np.mean(
                 [r[f"top{k}"] for r in sel])), 3) for k in (1, 2, 3)}, "top1_pm1": round(float(np.mean(
                 [r["top1_pm1"] for r in sel])), 3)}
+    pcheck = patient_check(match_matrix(nets, studies, spacing))
     result = {
         "cohort": str(args.cohort), "cases": [c.name for c in cases], "steps": steps, "seed": args.seed,
         "samples": 1, "reference": "pet_delayed_ac.nii.gz (simulated delayed AC PET)",
@@ -218,16 +347,21 @@ def evaluate(args) -> str:
             "pcc": _pcc([a for a, _ in ri_pairs], [b for _, b in ri_pairs]),
             "how": "hot regions of the first AC PET (pet_ac.nii.gz); RI from STMDiff's delayed AC vs from "
                    "the simulated delayed AC (percentage points)"},
+        "patient_check": pcheck,
         "per_case": rows, "seconds": round(time.monotonic() - t0, 1),
         "command": f"petdiffusion evaluate dual-timepoint-ac --cohort {args.cohort}",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(result, indent=1, default=str))
+    if args.figures:
+        result["figures"] = write_figures(out, voxels, retr)
+        atomic_write_text(out / "results.json", json.dumps(result, indent=1, default=str))
     if args.record_into:
         cp = Path(args.record_into) / "card.json"
         card_json = json.loads(cp.read_text())
         card_json["evaluation"] = {k: v for k, v in result.items() if k != "per_case"}
+        card_json.setdefault("matching", {})["same_patient_min_similarity"] = pcheck["floor"]
         atomic_write_text(cp, json.dumps(card_json, indent=2, default=str))
     lines = [f"{'method':<16} {'PSNR dB':>14} {'SSIM':>14} {'RMSE SUV':>14} {'liver PCC':>9} {'kidney PCC':>10}"]
     for m, t in table.items():
@@ -238,5 +372,6 @@ def evaluate(args) -> str:
     lines.append(f"retrieval by motion: {motion_bins}")
     lines.append(f"steps curve RMSE: {curve_rmse} -> {chosen}")
     lines.append(f"retention index: {result['retention_index']}")
+    lines.append(f"patient check: {pcheck}")
     lines.append(f"results: {out / 'results.json'}")
     return "\n".join(lines)

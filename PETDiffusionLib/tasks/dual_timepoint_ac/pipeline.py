@@ -52,6 +52,12 @@ NAC_BODY_MEAN_MAX_SUV = 0.45
 """... and by its level: a NAC in SUV units reads far below the true SUV in the body (PHYSICS.md
 §4.1; held-out phantoms: NAC body mean 0.11-0.19 SUV, AC 0.76-1.13), so a body mean above 0.45
 SUV is an AC image or a NAC rescaled toward one, which the task's contract excludes."""
+SAME_PATIENT_MARGIN = 1.5
+"""Another patient's CT: the mean over the delayed body slices of each slice's best match
+similarity s = -L1 (STMDiff §2.1) is warned about below the card's ``matching.same_patient_min_similarity``,
+which ``petdiffusion evaluate dual-timepoint-ac --record-into`` sets to this factor times the lowest
+value of the held-out phantoms' own CTs (every case's NAC against its own CT and against the other
+cases' CTs: the card's ``evaluation.patient_check`` gives both ranges and the fraction caught)."""
 NAC_PROFILE_LEVEL_SUV = 0.3
 """The profile alone is not decisive (a simulated NAC read 1.66: hot organs fill its core), so an
 AC-like profile is refused only together with a level above 0.3 SUV, itself above every NAC
@@ -155,8 +161,11 @@ def correct_volume(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, 
     spacing = tuple(pre["working_spacing_mm"])
     nac_w = working_nac(nac, spacing)
     ct_w = ct_on_nac_plane(ct, nac_w)
-    nac_arr, box = pad_to_multiple(sitk.GetArrayFromImage(nac_w).astype(np.float32), PAD_MULTIPLE, 0.0)
-    ct_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_w).astype(np.float32), PAD_MULTIPLE, CT_AIR)
+    # slices smaller than the training slices (a small field of view) are padded to their size: the
+    # image-space U-Net halves them five times, and every network saw 64-pixel slices with air around
+    least = int(pre.get("slice_size_train", 0))
+    nac_arr, box = pad_to_multiple(sitk.GetArrayFromImage(nac_w).astype(np.float32), PAD_MULTIPLE, 0.0, least)
+    ct_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_w).astype(np.float32), PAD_MULTIPLE, CT_AIR, least)
     res = attenuation_correct(networks, card, nac_to_net(nac_arr), ct_to_net(ct_arr), k=k, steps=steps,
                               samples=samples, seed=seed, device=device, progress=progress)
     suv = np.maximum(net_to_pet(res["samples"]), 0.0)
@@ -166,13 +175,40 @@ def correct_volume(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, 
         img = array_and_image(np.ascontiguousarray(a[:, y0:y0 + h, x0:x0 + w], np.float32), nac_w)
         return resample_to(img, nac, default_value=0.0)
 
-    shift = None
+    shift = match = None
+    if res["similarity"] is not None:
+        match = match_similarity(res["similarity"], nac_arr)
     if res["topk"] is not None:  # matched CT slice z - NAC slice z: the estimated couch shift
         z_nac = nac_w.GetOrigin()[2] + np.arange(len(nac_arr)) * spacing[2]
         z_ct = ct_w.GetOrigin()[2] + res["topk"][:, 0] * spacing[2]
         body = body_contours(nac_arr, "pet").reshape(len(nac_arr), -1).sum(1) > 60
         shift = float(np.median((z_nac - z_ct)[body])) if body.any() else None
-    return {"pet": back(suv.mean(0)), "std": back(suv.std(0)), "topk": res["topk"], "shift_mm": shift}
+    return {"pet": back(suv.mean(0)), "std": back(suv.std(0)), "topk": res["topk"], "shift_mm": shift,
+            "match_similarity": match}
+
+
+def match_similarity(similarity: torch.Tensor, nac_arr: np.ndarray) -> float | None:
+    """Mean over the NAC's body slices of the best similarity to any CT slice (same patient: high;
+    ``SAME_PATIENT_MARGIN``)."""
+    body = np.nonzero(body_contours(nac_arr, "pet").reshape(len(nac_arr), -1).sum(1) > 60)[0]
+    if not len(body):
+        return None
+    return float(similarity[torch.as_tensor(body)].max(1).values.mean())
+
+
+def same_patient_warning(match: float | None, card: dict) -> str | None:
+    """A warning when the CT matches the NAC worse than the card's floor, else None. A warning, not a
+    refusal: on real PET/CT of one patient (the sarcoma crops, realdata.py) the phantom-trained
+    matching network reads far below every phantom pair of one patient, so a refusal would turn
+    away real studies; the warning says both readings."""
+    floor = card.get("matching", {}).get("same_patient_min_similarity")
+    if match is None or floor is None or match >= float(floor):
+        return None
+    return (f"the CT may be another patient's: its slices match the delayed NAC slices with a mean best "
+            f"similarity of {match:.2f}, below {float(floor):.2f} ({SAME_PATIENT_MARGIN} x the lowest value "
+            f"of a phantom's own CT in the model's validation, card matching.same_patient_min_similarity); "
+            f"real studies unlike the training phantoms also read this low. Check that the CT is this "
+            f"patient's first scan before using the result")
 
 
 def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict], ctx: RunContext
@@ -186,6 +222,10 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
     torch.manual_seed(seed)
     res = correct_volume(images["nac"], images["ct"], networks, card, k=k, steps=steps, samples=samples,
                          seed=seed, device=ctx.device, progress=ctx.progress.sub(0.05, 0.85, "STMDiff"))
+    warning = same_patient_warning(res["match_similarity"], card)
+    if warning:
+        log.warning(warning)
+        ctx.manifest_extra.setdefault("warnings", []).append(warning)
     out = {"pet_ac": res["pet"]}
     if samples > 1:
         out["uncertainty"] = res["std"]
@@ -193,6 +233,7 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
         "model_id": card["id"], "model_version": card.get("version"), "synthetic": True,
         "synthetic_outputs": ["pet_ac", "uncertainty"], "k": k,
         "estimated_axial_shift_mm": None if res["shift_mm"] is None else round(res["shift_mm"], 1),
+        "ct_match_similarity": None if res["match_similarity"] is None else round(res["match_similarity"], 3),
         "working_spacing_mm": card["preprocessing"]["working_spacing_mm"],
         "intended_use": card.get("intended_use", "research model, not for diagnosis")})
     return out

@@ -55,6 +55,8 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
 
 
 def model_card(cfg: dict, model_id: str, k: int, lat: dict, stages: dict, command: str) -> dict:
+    feature_weight = float(cfg["matching"].get("feature_ct_weight", 0.0))
+    n_cases = len((stages.get("prepare") or {}).get("cases") or []) or "the"
     return {
         "id": model_id, "task": "dual-timepoint-ac", "version": cfg.get("version", "0.1.0"),
         "variant": f"k{k}",
@@ -71,13 +73,17 @@ def model_card(cfg: dict, model_id: str, k: int, lat: dict, stages: dict, comman
         "diffusion": {"kind": "latent_ddim", "num_train_timesteps": cfg["diffusion"]["num_train_timesteps"],
                       "schedule": cfg["diffusion"]["schedule"], "prediction": cfg["diffusion"].get("prediction", "epsilon"),
                       "default_steps": int(cfg.get("default_steps", 10)), "sampler": "ddim (eta 0: ODE)"},
-        "matching": {"loss": f"symmetric InfoNCE (Eq. 1, s = -L1 of unit latents, tau = {TAU}) + contour Dice (Eq. 2)",
+        "matching": {"loss": f"symmetric InfoNCE (Eq. 1, s = -L1 of unit latents, tau = {TAU}) + contour Dice (Eq. 2)"
+                             + (f" + {feature_weight:g} x L1(mean of G2's feature map, CT at the latent grid): "
+                                "trains the CT prior's head, which neither loss of the paper reaches"
+                                if feature_weight > 0 else ""),
                      "training_retrieval_top_k": lat.get("training_retrieval_top_k")},
         "training": {"data": f"{cfg['cohort']} (simulated phantom cohort with delayed scans and motion)",
                      "config": cfg, "command": command, "stages": stages},
         "evaluation": {},
         "limitations": [
-            "trained on 24 simulated 64x64-slice phantoms (8 mm pixels, 10 mm slices) on one CPU core "
+            f"trained on {n_cases} simulated {cfg['slice_size']}x{cfg['slice_size']}-slice phantoms "
+            f"({cfg['working_spacing_mm'][0]:g} mm pixels, {cfg['working_spacing_mm'][2]:g} mm slices) on the CPU "
             "for minutes; the paper trains on 56,532 real total-body slices",
             "a small autoencoder trained here stands in for Stable Diffusion's fine-tuned VAE; its "
             "reconstruction error bounds every result",

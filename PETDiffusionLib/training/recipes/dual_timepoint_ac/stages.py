@@ -107,6 +107,7 @@ def train_matching(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path
     spec = network_specs(cfg)
     nets = {"g1": build_network(spec["g1"]), "g2": build_network(spec["g2"])}
     per_case, n_cases = int(m["slices_per_case"]), int(m["cases_per_batch"])
+    feature_weight = float(m.get("feature_ct_weight", 0.0))
 
     def batch_fn(step: int, rng: np.random.Generator):
         pet, ct, bp, bc = [], [], [], []
@@ -125,7 +126,17 @@ def train_matching(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path
         zx, zy = g1(batch["pet"]), g2(batch["ct"])
         nce = matching_infonce(zx, zy, float(m.get("tau", TAU)))
         dice = contour_dice(g1.contour_logits(zx), g2.contour_logits(zy), batch["body_pet"], batch["body_ct"])
-        return nce + dice, {"infonce": float(nce.detach()), "dice": float(dice.detach())}
+        logs = {"infonce": float(nce.detach()), "dice": float(dice.detach())}
+        loss = nce + dice
+        if feature_weight > 0:
+            # G2's feature map is the diffusion's CT prior (Eq. 6) but neither loss of the paper reaches
+            # its 1x1 head; this term makes the channel mean reproduce the CT at the latent grid (the
+            # attenuation the AC network needs). Off (0) in the shipped 0.1.0 config.
+            ct_cells = F.avg_pool2d(batch["ct"], g2.features_stride)
+            feat = F.l1_loss(g2.features(batch["ct"]).mean(1, keepdim=True), ct_cells)
+            loss = loss + feature_weight * feat
+            logs["feature_ct"] = float(feat.detach())
+        return loss, logs
 
     trainer, summary = fit_stage(cfg, options, folder, nets, m, loss_fn, batch_fn, 0.0)
     return summary
@@ -158,14 +169,15 @@ def encode_latents(cfg: dict, run_dir: Path, folder: Path) -> dict:
     ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": spec["autoencoder"]})["autoencoder"]
     match = load_stage_nets(run_dir, "matching", {"g1": spec["g1"], "g2": spec["g2"]})
     cases = load_cases(run_dir / "prepare")
+    k_max = max([K_MAX, *[int(k) for k in cfg["diffusion"]["k_values"]]])
     enc = lambda a: torch.cat([ae.encode(torch.from_numpy(a[i:i + 64])[:, None]) for i in range(0, len(a), 64)])
     lat = {c["name"]: {k: enc(c[k]) for k in ("ac", "nac", "dac", "dnac")} for c in cases}
     scale = float(1.0 / torch.cat([v["ac"] for v in lat.values()]).std())
     hits = {1: [], 2: [], 3: []}
     for c in cases:
         feats = ct_features(match["g2"], c["ct"])
-        topk_first = top_k(slice_similarity(match["g1"], match["g2"], c["nac"], c["ct"]), K_MAX)
-        topk_del = top_k(slice_similarity(match["g1"], match["g2"], c["dnac"], c["ct"]), K_MAX)
+        topk_first = top_k(slice_similarity(match["g1"], match["g2"], c["nac"], c["ct"]), k_max)
+        topk_del = top_k(slice_similarity(match["g1"], match["g2"], c["dnac"], c["ct"]), k_max)
         body = body_slices(c, "body_dnac")
         for k in hits:
             hits[k].append(float(np.mean([c["truth"][i] in topk_del[i, :k] for i in body])))
