@@ -216,3 +216,27 @@ def test_the_shipped_model_warns_about_another_patients_ct_and_not_about_the_own
                                 {"steps": 2}, tmp_path / "other").read_text())
     assert other["ct_match_similarity"] < floor
     assert any("another patient" in w for w in other["warnings"])
+
+
+def test_a_delayed_scan_simulated_from_a_real_sarcoma_crop_reads_low_without_attenuation_and_moves_the_tumour():
+    """realdata.simulate_delayed on real PET/CT STS_015: the AC reconstruction keeps the real PET's level in the
+    scored body, the NAC (same calibration, no attenuation correction) reads far lower, and the tumour mask
+    follows the simulated motion (its centroid moves by the 16 mm couch shift along z)."""
+    from scipy.ndimage import center_of_mass
+    from PETDiffusionLib.tasks.dual_timepoint_ac.realdata import REAL_MOTION, simulate_delayed
+    case = Path(__file__).resolve().parents[2] / "shared" / "data" / "petct_sts_more" / "STS_015"
+    pet = sitk.ReadImage(str(case / "PET_image.nii.gz"), sitk.sitkFloat32)
+    ct = sitk.ReadImage(str(case / "CT_image.nii.gz"), sitk.sitkFloat32)
+    gtv = sitk.ReadImage(str(case / "PET_mask.nii.gz"))
+    sim = simulate_delayed(pet, ct, gtv, seed=0)
+    ac, nac = sitk.GetArrayFromImage(sim["ac"]), sitk.GetArrayFromImage(sim["nac"])
+    assert sim["ac"].GetSize() == pet.GetSize() and sim["nac"].GetSpacing() == pet.GetSpacing()
+    body = sim["body"]
+    assert body.sum() > 1000
+    real = sitk.GetArrayFromImage(pet)
+    ratio = ac[body].mean() / real[body].mean()     # the patient moved, so the same anatomy is compared in the mean only
+    assert 0.8 < ratio < 1.25
+    assert nac[body].mean() < 0.6 * ac[body].mean()
+    g0 = sitk.GetArrayFromImage(sitk.Resample(gtv, pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    dz_mm = (center_of_mass(sim["gtv"])[0] - center_of_mass(g0)[0]) * pet.GetSpacing()[2]
+    assert abs(dz_mm - REAL_MOTION.shift_mm_xyz[2]) < 6.0
