@@ -1,9 +1,11 @@
-"""`petdiffusion evaluate dual-timepoint-ac --cohort DIR`: STMDiff (k = 1..3) against the NAC, the
+"""`petdiffusion evaluate dual-timepoint-ac --cohort DIR`: STMDiff (k = 1..5) against the NAC, the
 NAC scaled by one global factor, the NAC -> AC U-Net and the diffusion without CT prior on a
 held-out simulated cohort with patient motion (STMDiff Table 1, Figs. 4-5); the matching network's
 retrieval accuracy against the size of the motion; liver and kidney SUVmean agreement (PCC); the
-quality-versus-steps curve; the input-check statistics. ``--record-into MODEL_DIR`` copies the
-figures into the card's ``evaluation``.
+quality-versus-steps curve; the input-check statistics; the same-patient check (every case's NAC
+against every case's CT, which sets the card's warning floor); ``--figures`` violins and retrieval
+plots. ``--real-crops DIR`` runs the real PET/CT study of realdata.py instead. ``--record-into
+MODEL_DIR`` copies the figures into the card's ``evaluation``.
 
 Reference: the simulator's delayed AC PET (pet_delayed_ac.nii.gz, reconstructed with the delayed
 scan's own attenuation). Metrics (quant.metrics) in SUV inside the delayed body (the organ labels
@@ -53,7 +55,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
                              "crops in DIR (../shared/data/petct_sts_more; tasks/dual_timepoint_ac/realdata.py)")
     parser.add_argument("--model", default=None, help="STMDiff model folder (default: the shipped one)")
     parser.add_argument("--baselines", default="runs/stmdiff/train/models",
-                        help="folder with stmdiff-unet, stmdiff-k0, stmdiff-k1, stmdiff-k3")
+                        help="folder with the baselines found by name: stmdiff-unet, stmdiff-k0, stmdiff-k1, stmdiff-k3, stmdiff-k4, stmdiff-k5")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the card's)")
     parser.add_argument("--curve", default="2,5,10,20,50", help="steps of the quality-vs-steps curve")
     parser.add_argument("--curve-cases", type=int, default=2)
