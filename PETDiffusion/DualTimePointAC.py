@@ -30,7 +30,7 @@ class DualTimePointAC(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = list(about.CONTRIBUTORS)
         self.parent.helpText = about.help_text("DualTimePointAC", (
-            "Attenuation-corrects the delayed scan of a dual-time-point PET without a second CT: the delayed non-attenuation-corrected (NAC) PET and the first scan's CT give an AC PET in SUVbw (STMDiff: spatiotemporal matching diffusion). With the first scan's AC PET, a retention-index table of its hot regions."))
+            "Attenuation-corrects the delayed scan of a dual-time-point PET without a second CT: the delayed non-attenuation-corrected (NAC) PET and the first scan's CT give an AC PET in SUVbw. Default method physics: STMDiff's contrastive slice matching, the CT registered to the NAC and a reprojection attenuation correction on the NAC's own grid; stmdiff: the paper's latent diffusion (spatiotemporal matching diffusion). With the first scan's AC PET, a retention-index table of its hot regions."))
         self.parent.acknowledgementText = about.acknowledgement_text("DualTimePointAC")
         icon = icon_path("DualTimePointAC")
         if icon:
@@ -47,6 +47,7 @@ class DualTimePointACParameterNode:
     inputNAC: vtkMRMLScalarVolumeNode
     inputCT: vtkMRMLScalarVolumeNode
     firstPET: vtkMRMLScalarVolumeNode
+    method: Annotated[str, Choice(["physics", "stmdiff"])] = "physics"
     k: Annotated[int, WithinRange(1, 5)] = 2
     steps: Annotated[int, WithinRange(2, 1000)] = 2
     samples: Annotated[int, WithinRange(1, 32)] = 1
@@ -86,7 +87,7 @@ class DualTimePointACLogic(ScriptedLoadableModuleLogic, TaskLogic):
     input_roles = ('nac', 'ct', 'first_pet')
     reference_role = 'nac'
     # task parameter -> parameter node field
-    parameter_fields = {"k": "k", "steps": "steps", "samples": "samples", "seed": "seed", "lesion_threshold": "lesionThreshold"}
+    parameter_fields = {"method": "method", "k": "k", "steps": "steps", "samples": "samples", "seed": "seed", "lesion_threshold": "lesionThreshold"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

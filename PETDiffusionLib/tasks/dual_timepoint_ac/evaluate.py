@@ -36,8 +36,8 @@ from PETDiffusionLib.quant.metrics import psnr, rmse, ssim3d
 from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import (CT_AIR, PAD_MULTIPLE, SAME_PATIENT_MARGIN,
                                                               correct_volume, ct_on_nac_plane, load_model,
                                                               match_similarity, nac_profile,
-                                                              retention_rows, working_nac)
-from PETDiffusionLib.tasks.dual_timepoint_ac.realdata import real_crops_study
+                                                              physics_correct, retention_rows, working_nac)
+from PETDiffusionLib.tasks.dual_timepoint_ac.realdata import real_crops_study, wholebody_study
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import DEFAULT_STEPS, LESION_SUV_THRESHOLD
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-crops", default=None, metavar="DIR",
                         help="instead of --cohort: delayed scans simulated from the real sarcoma PET/CT "
                              "crops in DIR (../shared/data/petct_sts_more; tasks/dual_timepoint_ac/realdata.py)")
+    parser.add_argument("--real-wholebody", default=None, metavar="DICOM_DIR",
+                        help="with --real-crops: also the real whole-body PET in DICOM_DIR "
+                             "(../shared/data/petwb_sts001/PET/image) with a body-outline CT (realdata.wholebody_study)")
     parser.add_argument("--model", default=None, help="STMDiff model folder (default: the shipped one)")
     parser.add_argument("--baselines", default="runs/stmdiff/train/models",
                         help="folder with the baselines found by name: stmdiff-unet, stmdiff-k0, stmdiff-k1, stmdiff-k3, stmdiff-k4, stmdiff-k5")
@@ -204,10 +207,24 @@ def _pcc(a: list, b: list) -> float | None:
     return None if len(a) < 3 or a.std() == 0 or b.std() == 0 else round(float(np.corrcoef(a, b)[0, 1]), 3)
 
 
+PHYSICS = "physics"
+"""The task's default method (pipeline.physics_correct): STMDiff's matching, CT registration and
+reprojection attenuation correction; scored beside the networks."""
+
+
+def run_method(name: str, nac: sitk.Image, ct: sitk.Image, nets: dict, card: dict, steps: int, seed: int) -> dict:
+    """{"pet", "shift_mm", "match_similarity"} of one method on one study."""
+    if name == PHYSICS:
+        return physics_correct(nac, ct, nets, card)
+    k = int(card["preprocessing"].get("k", 0))
+    return correct_volume(nac, ct, nets, card, k=k, steps=steps, seed=seed)
+
+
 def load_methods(args) -> tuple[dict, dict, dict]:
-    """(STMDiff networks, its card, {name: (networks, card)} of STMDiff k2 and the baselines found)."""
+    """(STMDiff networks, its card, {name: (networks, card)} of the physics method, STMDiff k2 and
+    the baselines found)."""
     nets, card = load_model(args.model)
-    methods = {"stmdiff_k2": (nets, card)}
+    methods = {PHYSICS: (nets, card), "stmdiff_k2": (nets, card)}
     for name, folder in BASELINES.items():
         path = Path(args.baselines) / folder
         if (path / "card.json").is_file():
@@ -220,8 +237,11 @@ def load_methods(args) -> tuple[dict, dict, dict]:
 def evaluate_real_crops(args) -> str:
     nets, card, methods = load_methods(args)
     steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
-    result = real_crops_study(args.real_crops, methods, correct_volume, steps, args.seed, args.max_cases)
+    result = real_crops_study(args.real_crops, methods, run_method, steps, args.seed, args.max_cases)
     result["command"] = f"petdiffusion evaluate dual-timepoint-ac --real-crops {args.real_crops}"
+    if args.real_wholebody:
+        result["wholebody"] = wholebody_study(args.real_wholebody, methods, run_method, steps, args.seed)
+        result["command"] += f" --real-wholebody {args.real_wholebody}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "real_crops.json", json.dumps(result, indent=1, default=str))
@@ -234,10 +254,34 @@ def evaluate_real_crops(args) -> str:
     for name, v in result["summary"].items():
         lines.append(f"{name:<16} body NRMSE median {v['body_nrmse_median']:.4f} (mean {v['body_nrmse_mean']:.4f})"
                      f"  GTV SUVmean |error| median {v['gtv_suvmean_abs_error_pct_median']} %"
+                     f"  muscle SUVmean |error| median {v['muscle_suvmean_abs_error_pct_median']} %"
                      + (f"  NRMSE / scaled NAC {v['nrmse_over_scaled_nac_median']}, "
                         f"{v['cases_at_most_half_of_scaled_nac']} cases <= 0.5" if name != "nac_scaled" else ""))
+    if "wholebody" in result:
+        wb = result["wholebody"]
+        lines.append(f"whole body (petwb_sts001, body-outline CT): body NRMSE {wb['body_nrmse']}, "
+                     f"/ scaled NAC {wb['nrmse_over_scaled_nac']}, body mean error % {wb['body_mean_error_pct']}, "
+                     f"registration {wb['registration']}")
     lines.append(f"results: {out / 'real_crops.json'}")
     return "\n".join(lines)
+
+
+def merged_evaluation(old: dict, result: dict) -> dict:
+    """The card's new ``evaluation``: this run's figures; the table and organ rows of methods this run
+    did not score (baselines not found) are kept from the earlier run, and ``method_runs`` says which
+    run every row comes from."""
+    new = {k: v for k, v in result.items() if k != "per_case"}
+    stamp = time.strftime("%Y-%m-%d")
+    runs = dict(old.get("method_runs", {}))
+    for m in result["table"]:
+        runs[m] = {"date": stamp, "command": result["command"]}
+    for key in ("table", "organ_agreement"):
+        for m, v in old.get(key, {}).items():
+            if m not in new[key]:
+                new[key][m] = v
+                runs.setdefault(m, {"date": "earlier", "command": old.get("command")})
+    new["method_runs"] = runs
+    return new
 
 
 def evaluate(args) -> str:
@@ -273,14 +317,13 @@ def evaluate(args) -> str:
             for o, v in organ_voxels(arr, c, vrng).items():
                 voxels[m][o].append(v)
         for name, (mn, mc) in methods.items():
-            k = int(mc["preprocessing"].get("k", 0))
-            res = correct_volume(c["pet_delayed_nac"], c["ct"], mn, mc, k=k, steps=steps, seed=args.seed)
+            res = run_method(name, c["pet_delayed_nac"], c["ct"], mn, mc, steps, args.seed)
             pred = sitk.GetArrayFromImage(res["pet"]).astype(np.float32)
             rows[name].append(score(pred, ref, body, c) | {"case": c["name"], "shift_mm": res["shift_mm"]})
             for o, v in organ_voxels(pred, c, vrng).items():
                 voxels[name][o].append(v)
-            if name == "stmdiff_k2" and (case / "pet_ac.nii.gz").is_file():
-                # retention index per hot region of the first AC PET: STMDiff's vs the simulated delayed AC's
+            if name == PHYSICS and (case / "pet_ac.nii.gz").is_file():
+                # retention index per hot region of the first AC PET: the task's default vs the simulated delayed AC's
                 first = read_image(case / "pet_ac.nii.gz")
                 got = retention_rows(first, res["pet"], LESION_SUV_THRESHOLD)
                 want = retention_rows(first, c["pet_delayed_ac"], LESION_SUV_THRESHOLD)
@@ -347,7 +390,7 @@ def evaluate(args) -> str:
             "regions": len(ri_pairs), "threshold_suv": LESION_SUV_THRESHOLD,
             "mean_abs_difference_points": round(float(np.mean([abs(a - b) for a, b in ri_pairs])), 2),
             "pcc": _pcc([a for a, _ in ri_pairs], [b for _, b in ri_pairs]),
-            "how": "hot regions of the first AC PET (pet_ac.nii.gz); RI from STMDiff's delayed AC vs from "
+            "how": "hot regions of the first AC PET (pet_ac.nii.gz); RI from the default method's (physics) delayed AC vs from "
                    "the simulated delayed AC (percentage points)"},
         "patient_check": pcheck,
         "per_case": rows, "seconds": round(time.monotonic() - t0, 1),
@@ -362,7 +405,7 @@ def evaluate(args) -> str:
     if args.record_into:
         cp = Path(args.record_into) / "card.json"
         card_json = json.loads(cp.read_text())
-        card_json["evaluation"] = {k: v for k, v in result.items() if k != "per_case"}
+        card_json["evaluation"] = merged_evaluation(card_json.get("evaluation", {}), result)
         card_json.setdefault("matching", {})["same_patient_min_similarity"] = pcheck["floor"]
         atomic_write_text(cp, json.dumps(card_json, indent=2, default=str))
     lines = [f"{'method':<16} {'PSNR dB':>14} {'SSIM':>14} {'RMSE SUV':>14} {'liver PCC':>9} {'kidney PCC':>10}"]

@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import binary_erosion
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import array_and_image
 from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion
 from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
 from PETDiffusionLib.physics.attenuation import hu_to_mu
-from PETDiffusionLib.physics.lowcount import pad_square
+from PETDiffusionLib.io.dicom import read_pet_suv
+from PETDiffusionLib.physics.lowcount import body_outline, pad_square
 from PETDiffusionLib.quant.metrics import nrmse
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ EDGE_MM = 20.0            # scored only this far inside the crop's cut faces (RE
 
 def simulate_delayed(pet: sitk.Image, ct: sitk.Image, gtv: sitk.Image | None, seed: int,
                      motion: RigidMotion = REAL_MOTION) -> dict:
-    """{"nac", "ac" (sitk, SUV units, the PET's grid), "body", "gtv" (moved masks, arrays)}."""
+    """{"nac", "ac" (sitk, SUV units, the PET's grid), "body", "gtv", "muscle" (moved masks, arrays),
+    "mu" (the moved attenuation map the delayed scan saw, 1/cm, array)}."""
     sp = pet.GetSpacing()
     if abs(sp[0] - sp[1]) > 1e-3:
         raise InputError(f"in-plane spacing must be square, got {sp[:2]}")
@@ -80,13 +83,80 @@ def simulate_delayed(pet: sitk.Image, ct: sitk.Image, gtv: sitk.Image | None, se
     inner = np.zeros_like(body)
     ez, ey, ex = (int(np.ceil(EDGE_MM / s)) for s in (sp[2], sp[1], sp[0]))
     inner[ez:-ez or None, ey:-ey or None, ex:-ex or None] = True
+    hu_m = apply_motion(np.pad(hu, ((0, 0), (ys.start, suv_p.shape[1] - ys.stop), (xs.start, suv_p.shape[2] - xs.stop)),
+                                constant_values=CT_AIR_HU), motion, sp, order=1, cval=CT_AIR_HU)[:, ys, xs]
     return {"nac": array_and_image(nac, pet), "ac": array_and_image(ac, pet),
-            "body": body & inner, "gtv": les_m[:, ys, xs] > 0.5}
+            "body": body & inner, "gtv": les_m[:, ys, xs] > 0.5, "muscle": muscle_mask(hu_m) & body & inner,
+            "mu": mu_m[:, ys, xs]}
+
+
+MUSCLE_HU = (10.0, 80.0)
+"""Skeletal muscle on CT: 10-80 HU (below it fat and fat-muscle mixtures, above it contrast-enhanced
+vessels and bone; the crops are thighs and pelvis, where most soft tissue in this window is muscle:
+PHYSICS.md §3's soft-tissue range), eroded by one voxel; scored as the moved CT's muscle."""
+
+
+def muscle_mask(hu_moved: np.ndarray) -> np.ndarray:
+    return binary_erosion((hu_moved >= MUSCLE_HU[0]) & (hu_moved <= MUSCLE_HU[1]), iterations=1)
+
+
+def score_study(name: str, sim: dict, ct: sitk.Image, methods: dict, correct, steps: int, seed: int
+                ) -> dict | None:
+    """One simulated delayed study: every method's body NRMSE, body mean, muscle and GTV SUVmean
+    errors against the delayed AC reference, and the oracle-scaled NAC's; None if too little body."""
+    ref = sitk.GetArrayFromImage(sim["ac"])
+    nac = sitk.GetArrayFromImage(sim["nac"])
+    body, gtv, muscle = sim["body"], sim["gtv"] & sim["body"], sim["muscle"]
+    if body.sum() < 50:
+        log.warning("%s: too little body inside the scored region; skipped", name)
+        return None
+    factor = float(ref[body].mean() / max(nac[body].mean(), 1e-9))
+    preds, matches, regs = {"nac_scaled": nac * factor}, {}, {}
+    for m, (nets, card) in methods.items():
+        res = correct(m, sim["nac"], ct, nets, card, steps, seed)
+        preds[m] = sitk.GetArrayFromImage(res["pet"]).astype(np.float32)
+        if res.get("match_similarity") is not None:
+            matches[m] = round(res["match_similarity"], 3)
+        if res.get("registration") is not None:
+            regs[m] = res["registration"]
+    row = {"case": name, "body_voxels": int(body.sum()), "nac_factor": round(factor, 3),
+           "match_similarity": matches, "registration": regs}
+    for m, p in preds.items():
+        row[f"{m}_nrmse"] = round(float(nrmse(ref, p, body)), 5)
+        row[f"{m}_body_mean_error_pct"] = round(100 * float(p[body].mean() / ref[body].mean() - 1), 2)
+        if muscle.sum() >= 20:
+            row[f"{m}_muscle_suvmean_error_pct"] = round(100 * float(p[muscle].mean() / ref[muscle].mean() - 1), 2)
+        if gtv.sum() >= 5:
+            row[f"{m}_gtv_suvmean_error_pct"] = round(100 * float(p[gtv].mean() / ref[gtv].mean() - 1), 2)
+    return row
+
+
+def wholebody_study(folder: str | Path, methods: dict, correct, steps: int, seed: int = 0) -> dict:
+    """The real uncropped whole-body PET ``petwb_sts001`` (no CT): its body outline filled with soft
+    tissue (0 HU; ``physics.lowcount.body_outline``, as the denoise-segment real study does) stands for
+    the first scan's CT; the delayed scan is simulated as for the crops. It tests the whole-body
+    geometry (873 mm axial, a 60 cm field of view, registration over the full body) on real
+    activity; organ values are not scored (no organ labels, and the soft-tissue map has no lungs)."""
+    pet = sitk.Cast(read_pet_suv(folder)[0], sitk.sitkFloat32)
+    suv = np.clip(sitk.GetArrayFromImage(pet), 0, None)
+    hu = np.where(body_outline(suv, pet.GetSpacing()), 0.0, CT_AIR_HU).astype(np.float32)
+    ct = array_and_image(hu, pet)
+    t0 = time.monotonic()
+    sim = simulate_delayed(pet, ct, None, seed)
+    row = score_study("petwb_sts001", sim, ct, methods, correct, steps, seed)
+    names = ["nac_scaled", *methods]
+    return {"data": str(folder), "motion": REAL_MOTION.to_dict(), "steps": steps, "seed": seed,
+            "body_nrmse": {m: row[f"{m}_nrmse"] for m in names},
+            "body_mean_error_pct": {m: row[f"{m}_body_mean_error_pct"] for m in names},
+            "nrmse_over_scaled_nac": {m: round(row[f"{m}_nrmse"] / row["nac_scaled_nrmse"], 3) for m in methods},
+            "registration": row["registration"], "seconds": round(time.monotonic() - t0, 1),
+            "ct": "soft tissue (0 HU) inside the PET's body outline, air outside: the study has no CT"}
 
 
 def real_crops_study(data_dir: str | Path, methods: dict, correct, steps: int, seed: int = 0,
                      max_cases: int = 0) -> dict:
-    """``methods``: name -> (networks, card); ``correct``: pipeline.correct_volume."""
+    """``methods``: name -> (networks, card); ``correct(name, nac, ct, networks, card, steps, seed)``
+    (evaluate.run_method)."""
     data_dir = Path(data_dir)
     cases = sorted(p for p in data_dir.glob("STS_*") if (p / "CT_image.nii.gz").is_file()
                    and (p / "PET_image.nii.gz").is_file())
@@ -101,27 +171,9 @@ def real_crops_study(data_dir: str | Path, methods: dict, correct, steps: int, s
         ct = sitk.ReadImage(str(case / "CT_image.nii.gz"), sitk.sitkFloat32)
         gtv_p = case / "PET_mask.nii.gz"
         sim = simulate_delayed(pet, ct, sitk.ReadImage(str(gtv_p)) if gtv_p.is_file() else None, seed + i)
-        ref = sitk.GetArrayFromImage(sim["ac"])
-        nac = sitk.GetArrayFromImage(sim["nac"])
-        body, gtv = sim["body"], sim["gtv"] & sim["body"]
-        if body.sum() < 50:
-            log.warning("%s: too little body inside the scored region; skipped", case.name)
+        row = score_study(case.name, sim, ct, methods, correct, steps, seed)
+        if row is None:
             continue
-        factor = float(ref[body].mean() / max(nac[body].mean(), 1e-9))
-        preds, matches = {"nac_scaled": nac * factor}, {}
-        for name, (nets, card) in methods.items():
-            k = int(card["preprocessing"].get("k", 0))
-            res = correct(sim["nac"], ct, nets, card, k=k, steps=steps, seed=seed)
-            preds[name] = sitk.GetArrayFromImage(res["pet"]).astype(np.float32)
-            if res.get("match_similarity") is not None:
-                matches[name] = round(res["match_similarity"], 3)
-        row = {"case": case.name, "body_voxels": int(body.sum()), "nac_factor": round(factor, 3),
-               "match_similarity": matches}
-        for name, p in preds.items():
-            row[f"{name}_nrmse"] = round(float(nrmse(ref, p, body)), 5)
-            row[f"{name}_body_mean_error_pct"] = round(100 * float(p[body].mean() / ref[body].mean() - 1), 2)
-            if gtv.sum() >= 5:
-                row[f"{name}_gtv_suvmean_error_pct"] = round(100 * float(p[gtv].mean() / ref[gtv].mean() - 1), 2)
         rows.append(row)
         log.info("%s done (%.0f s)", case.name, time.monotonic() - t0)
     names = ["nac_scaled", *methods]
@@ -129,7 +181,10 @@ def real_crops_study(data_dir: str | Path, methods: dict, correct, steps: int, s
     for name in names:
         v = np.array([r[f"{name}_nrmse"] for r in rows])
         g = [r[f"{name}_gtv_suvmean_error_pct"] for r in rows if f"{name}_gtv_suvmean_error_pct" in r]
+        mus = [r[f"{name}_muscle_suvmean_error_pct"] for r in rows if f"{name}_muscle_suvmean_error_pct" in r]
         summary[name] = {"body_nrmse_median": round(float(np.median(v)), 5),
+                         "muscle_suvmean_abs_error_pct_median": round(float(np.median(np.abs(mus))), 2) if mus else None,
+                         "muscle_within_15pct": f"{sum(abs(x) <= 15 for x in mus)} of {len(mus)}",
                          "body_nrmse_mean": round(float(v.mean()), 5),
                          "gtv_suvmean_abs_error_pct_median": round(float(np.median(np.abs(g))), 2) if g else None}
     for name in methods:

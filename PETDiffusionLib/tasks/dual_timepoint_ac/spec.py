@@ -32,10 +32,13 @@ SPEC = TaskSpec(
     title="Dual-time-point attenuation correction without a second CT (STMDiff)",
     paper="STMDiff, Li et al., spatiotemporal matching diffusion for dual-time-point PET/CT",
     description="Attenuation-corrects the delayed PET of a dual-time-point study with the first "
-                "scan's CT: a contrastive matching network picks the k first-scan CT slices that "
-                "best match each delayed NAC slice (no registration), and a latent diffusion model "
-                "conditioned on them and on the NAC gives the delayed AC PET in SUVbw. The output "
-                "is SYNTHETIC: a research image, never a substitute for a measured AC PET.",
+                "scan's CT. Default method physics: STMDiff's contrastive matching network pairs "
+                "the delayed NAC slices with first-scan CT slices (the couch shift and a "
+                "same-patient check), the CT is registered to the NAC (a translation, mutual "
+                "information) and the NAC is attenuation-corrected by reprojection on its own "
+                "grid. Method stmdiff: the paper's latent diffusion conditioned on the k matched "
+                "CT slices and the NAC, on the model's working grid. The output is SYNTHETIC: a "
+                "research image, never a substitute for a measured AC PET.",
     inputs=(
         ImageInput("nac", "nac", "SUVbw", "delayed NAC PET in SUV units (the scanner's NAC "
                    "reconstruction x the SUVbw factor of the delayed scan; no rescaling)"),
@@ -45,6 +48,9 @@ SPEC = TaskSpec(
                    "retention-index table per hot region", required=False),
     ),
     parameters=(
+        Parameter("method", str, "physics", "physics: STMDiff's slice matching, CT registration and "
+                  "reprojection attenuation correction on the NAC's own grid (validated on real PET); "
+                  "stmdiff: the paper's latent diffusion on the working grid", choices=("physics", "stmdiff")),
         Parameter("k", int, DEFAULT_K, "CT slices matched per NAC slice (the model must be trained "
                   "for this k; k = 2 ships)", minimum=1, maximum=5),
         Parameter("steps", int, DEFAULT_STEPS, "DDIM steps (of 1000 trained)", minimum=2, maximum=1000),
@@ -65,5 +71,5 @@ SPEC = TaskSpec(
     ),
     model_id=MODEL_ID,
     slicer_module="DualTimePointAC",
-    headline=("manifest:estimated_axial_shift_mm", "manifest:k"),
+    headline=("manifest:method", "manifest:estimated_axial_shift_mm", "manifest:k"),
 )
