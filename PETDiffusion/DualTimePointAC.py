@@ -48,6 +48,7 @@ class DualTimePointACParameterNode:
     inputCT: vtkMRMLScalarVolumeNode
     firstPET: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(["physics", "stmdiff"])] = "physics"
+    scatterFraction: str = "auto"
     k: Annotated[int, WithinRange(1, 5)] = 2
     steps: Annotated[int, WithinRange(2, 1000)] = 2
     samples: Annotated[int, WithinRange(1, 32)] = 1
@@ -87,7 +88,7 @@ class DualTimePointACLogic(ScriptedLoadableModuleLogic, TaskLogic):
     input_roles = ('nac', 'ct', 'first_pet')
     reference_role = 'nac'
     # task parameter -> parameter node field
-    parameter_fields = {"method": "method", "k": "k", "steps": "steps", "samples": "samples", "seed": "seed", "lesion_threshold": "lesionThreshold"}
+    parameter_fields = {"method": "method", "scatter_fraction": "scatterFraction", "k": "k", "steps": "steps", "samples": "samples", "seed": "seed", "lesion_threshold": "lesionThreshold"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

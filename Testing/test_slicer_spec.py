@@ -102,6 +102,8 @@ def test_ranges_defaults_and_choices_match_the_spec(panel, specs):
             assert f["choices"] == p["choices"], name
         elif p["type"] == "bool":
             assert f["type"] == "bool" if "type" in f else True, name
+        elif p["type"] == "str":     # free text (dual-timepoint-ac's scatter fraction: auto or a number)
+            assert "range" not in f, name
         else:
             lo, hi = f["range"]
             assert lo == p["minimum"], name

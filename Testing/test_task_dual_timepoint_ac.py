@@ -306,6 +306,7 @@ def test_the_default_physics_method_writes_the_ac_pet_on_the_nac_grid_with_the_r
     assert pet.GetSize() == nac.GetSize() and pet.GetOrigin() == nac.GetOrigin()
     assert get_units(pet) == "SUVbw" and is_synthetic(pet)
     assert man["method"] == "physics" and man["synthetic"] is True
+    assert man["scatter_fraction"] == 0.35 and man["scatter_fraction_source"].startswith("default")
     assert man["registration"]["plausible"] and len(man["registration"]["shift_mm"]) == 3
     # the phantom's recorded motion: the registration moves the CT back by about the couch shift
     shift = json.loads((case / "case.json").read_text())["simulation"]["delayed"]["motion"]["shift_mm_xyz"]
@@ -313,3 +314,25 @@ def test_the_default_physics_method_writes_the_ac_pet_on_the_nac_grid_with_the_r
     a, n = sitk.GetArrayFromImage(pet), sitk.GetArrayFromImage(nac)
     body = body_contours(n, "pet")
     assert a[body].mean() > 3 * n[body].mean()      # attenuation corrected: far above the NAC
+
+
+def test_the_scatter_fraction_is_the_users_number_or_0_for_a_scatter_corrected_dicom_nac_else_the_default():
+    from PETDiffusionLib.io.dicom import CORRECTED_KEY
+    from PETDiffusionLib.physics.nac_to_ac import SCATTER_FRACTION
+    from PETDiffusionLib.tasks.dual_timepoint_ac.pipeline import scatter_fraction_of
+    img = sitk.Image(4, 4, 2, sitk.sitkFloat32)
+    sf, source = scatter_fraction_of(img, "auto")
+    assert sf == SCATTER_FRACTION and "no CorrectedImage" in source
+    assert scatter_fraction_of(img, "0.2") == (0.2, "parameter")
+    img.SetMetaData(CORRECTED_KEY, "DECY\\SCAT\\RAN")
+    assert scatter_fraction_of(img, "auto") == (0.0, "DICOM CorrectedImage lists SCAT")
+    for bad in ("0.9", "-0.1", "lots"):
+        with pytest.raises(InputError, match="scatter fraction"):
+            scatter_fraction_of(img, bad)
+
+
+def test_a_real_dicom_ac_pet_given_as_nac_is_refused_by_its_corrected_image_header(case, tiny_model, tmp_path):
+    """The real whole-body PET petwb_sts001 (GE Discovery ST DICOM, CorrectedImage DECY\\ATTN\\SCAT...)."""
+    wb = STS.parent / "petwb_sts001" / "PET" / "image"
+    _expect_refused({"nac": str(wb), "ct": str(case / "ct.nii.gz")}, tmp_path / "out", tiny_model,
+                    "attenuation-corrected .CorrectedImage DECY.ATTN")

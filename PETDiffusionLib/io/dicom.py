@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.checks import SUV_MAX_PLAUSIBLE
 from PETDiffusionLib.io.metadata import add_warning, set_units
+from PETDiffusionLib.physics.attenuation import DEFAULT_KVP
 from PETDiffusionLib.physics.suv import SUVFactor, SUVOverrides, required_tags_missing, suv_factor
 from PETDiffusionLib.physics.suv_rules import DEFAULT_LIMITS, SUVLimits
 
@@ -38,6 +39,7 @@ HEIGHT_KEY = "PETDiffusion.height_m"  # PatientSize (0010,1020)
 SEX_KEY = "PETDiffusion.sex"  # PatientSex (0010,0040)
 AGE_KEY = "PETDiffusion.age_years"  # PatientAge (0010,1010), "045Y"
 MODALITY_KEY = "PETDiffusion.modality"
+CORRECTED_KEY = "PETDiffusion.corrected_image"  # CorrectedImage (0028,0051), backslash-joined
 SUV_FACTOR_KEY = "PETDiffusion.suv_factor"
 SUV_RULE_KEY = "PETDiffusion.suv_rule"
 
@@ -470,6 +472,27 @@ def _age_years(value) -> float | None:
     return n / {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[unit]
 
 
+def corrections(img: sitk.Image) -> list[str] | None:
+    """The CorrectedImage (0028,0051) values a DICOM PET series was read with (e.g. ATTN, SCAT,
+    DECY), or None when the image did not come from DICOM or the header lists none."""
+    if not img.HasMetaDataKey(CORRECTED_KEY):
+        return None
+    return [v for v in img.GetMetaData(CORRECTED_KEY).split("\\") if v]
+
+
+def resolve_kvp(ct: sitk.Image, kvp: float | None) -> tuple[float, str]:
+    """The tube voltage for HU -> mu and where it came from: the parameter, the DICOM header, or
+    the default (the caller warns)."""
+    if kvp is not None:
+        return float(kvp), "parameter"
+    if ct.HasMetaDataKey(KVP_KEY):
+        try:
+            return float(ct.GetMetaData(KVP_KEY)), "DICOM (0018,0060) KVP"
+        except ValueError:
+            pass
+    return float(DEFAULT_KVP), f"default {DEFAULT_KVP} (the CT records none)"
+
+
 def _put_patient_metadata(img: sitk.Image, ds: Dataset, modality: str) -> None:
     img.SetMetaData(MODALITY_KEY, modality)
     for key, keyword in ((KVP_KEY, "KVP"), (WEIGHT_KEY, "PatientWeight"),
@@ -479,6 +502,10 @@ def _put_patient_metadata(img: sitk.Image, ds: Dataset, modality: str) -> None:
             img.SetMetaData(key, value)
     if ds.get("PatientSex"):
         img.SetMetaData(SEX_KEY, str(ds.PatientSex))
+    corrected = ds.get("CorrectedImage")
+    if corrected:
+        values = [corrected] if isinstance(corrected, str) else list(corrected)
+        img.SetMetaData(CORRECTED_KEY, "\\".join(str(v).strip().upper() for v in values))
     age = _age_years(ds.get("PatientAge"))
     if age is not None:
         img.SetMetaData(AGE_KEY, f"{age:g}")

@@ -28,7 +28,7 @@ import torch
 from PETDiffusionLib.diffusion.bridge import BrownianBridge
 from PETDiffusionLib.diffusion.windows import run_slicewise
 from PETDiffusionLib.io.checks import check_ct_hu
-from PETDiffusionLib.io.dicom import KVP_KEY  # the DICOM reader's record of KVP (0018,0060)
+from PETDiffusionLib.io.dicom import resolve_kvp  # the parameter, DICOM KVP (0018,0060) or 120
 from PETDiffusionLib.io.images import array_and_image, resample_to, same_grid, to_working_grid
 from PETDiffusionLib.methods.cpdm.intensities import (CT_HU_MIN, attenuation_condition, ct_to_net,
                                                       net_to_suv)
@@ -58,19 +58,6 @@ def check_ct(ct: sitk.Image, path: str | None) -> np.ndarray:
     name = path or "ct"
     check_ct_hu(ct, name)  # the shared CT check (io/checks.py)
     return sitk.GetArrayViewFromImage(ct)
-
-
-def resolve_kvp(ct: sitk.Image, kvp: float | None) -> tuple[float, str]:
-    """The tube voltage for HU -> mu and where it came from: the parameter, the DICOM header, or
-    the default (the caller warns)."""
-    if kvp is not None:
-        return float(kvp), "parameter"
-    if ct.HasMetaDataKey(KVP_KEY):
-        try:
-            return float(ct.GetMetaData(KVP_KEY)), "DICOM (0018,0060) KVP"
-        except ValueError:
-            pass
-    return float(DEFAULT_KVP), f"default {DEFAULT_KVP} (the CT records none)"
 
 
 def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> None:

@@ -40,8 +40,10 @@ from PETDiffusionLib.methods.cpdm.transforms import pad_to_multiple
 from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct, slice_similarity, top_k
 from PETDiffusionLib.methods.stmdiff.intensities import body_contours, ct_to_net, nac_to_net, net_to_pet
 from PETDiffusionLib.models.registry import load_model_folder
+from PETDiffusionLib.io.dicom import corrections, resolve_kvp
 from PETDiffusionLib.physics.attenuation import DEFAULT_KVP, hu_to_mu
-from PETDiffusionLib.physics.nac_to_ac import MAX_PLAUSIBLE_SHIFT_MM, register_ct_to_nac, reprojection_ac
+from PETDiffusionLib.physics.nac_to_ac import (MAX_PLAUSIBLE_SHIFT_MM, SCATTER_FRACTION, register_ct_to_nac,
+                                               reprojection_ac)
 from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID, SPEC
 
@@ -125,10 +127,41 @@ def nac_profile(nac_arr: np.ndarray) -> dict:
     return {"core_rim_ratio": float(np.median(ratios)), "body_mean": float(np.concatenate(vals).mean())}
 
 
+MAX_SCATTER_FRACTION = 0.6
+"""Above every whole-body 3D scatter fraction (30-42 %, PHYSICS.md §4)."""
+
+
+def scatter_fraction_of(nac: sitk.Image, value) -> tuple[float, str]:
+    """(scatter fraction the NAC keeps, where it came from): a number given by the user; "auto":
+    0 when the NAC's DICOM CorrectedImage lists SCAT (the scanner removed the scatter), else
+    ``physics.nac_to_ac.SCATTER_FRACTION`` (a NAC keeps its scatter, PHYSICS.md §4.1)."""
+    text = str(value).strip().lower()
+    if text != "auto":
+        try:
+            sf = float(text)
+        except ValueError:
+            raise InputError(f"scatter fraction {value!r}: give auto or a number 0..{MAX_SCATTER_FRACTION}",
+                             "--scatter-fraction") from None
+        if not 0.0 <= sf <= MAX_SCATTER_FRACTION:
+            raise InputError(f"scatter fraction {sf} outside 0..{MAX_SCATTER_FRACTION}", "--scatter-fraction")
+        return sf, "parameter"
+    corr = corrections(nac) or []
+    if "SCAT" in corr:
+        return 0.0, "DICOM CorrectedImage lists SCAT"
+    return SCATTER_FRACTION, (f"default {SCATTER_FRACTION} (a NAC keeps its scatter; "
+                              + ("CorrectedImage " + "\\".join(corr) if corr else "no CorrectedImage") + ")")
+
+
 def check_inputs(images: dict[str, sitk.Image], params: dict, ctx: RunContext) -> None:
     paths = ctx.input_paths
     nac_name, ct_name = paths.get("nac", "--nac"), paths.get("ct", "--ct")
     check_suv_image(images["nac"], nac_name)
+    corr = corrections(images["nac"])
+    if corr and "ATTN" in corr:
+        raise InputError(f"the DICOM header says this PET is attenuation-corrected (CorrectedImage "
+                         f"{chr(92).join(corr)}), not a NAC: give the scanner's NAC reconstruction of "
+                         "the delayed scan", nac_name)
+    scatter_fraction_of(images["nac"], params.get("scatter_fraction", "auto"))
     check_ct_hu(images["ct"], ct_name)
     if "first_pet" in images:
         check_suv_image(images["first_pet"], paths.get("first_pet", "--first-pet"))
@@ -207,7 +240,8 @@ def matching_summary(similarity, topk, nac_arr, nac_w, ct_w, spacing) -> tuple[f
 
 @torch.no_grad()
 def physics_correct(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, *, device="cpu",
-                    kvp: float = DEFAULT_KVP, progress=None) -> dict:
+                    kvp: float = DEFAULT_KVP, scatter_fraction: float = SCATTER_FRACTION,
+                    progress=None) -> dict:
     """{"pet" (on the NAC's grid, SUVbw), "shift_mm" (STMDiff's matching), "registration",
     "match_similarity"}: STMDiff's slice matching, then registration and reprojection AC."""
     report = progress or (lambda f, m="": None)
@@ -232,7 +266,7 @@ def physics_correct(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict,
     hu = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(ct, sitk.sitkFloat32), nac_lps, tx, sitk.sitkLinear,
                                               CT_AIR, sitk.sitkFloat32))
     report(0.5, "reprojection attenuation correction")
-    pet = reprojection_ac(arr, hu_to_mu(hu, kvp), nac_lps.GetSpacing(), body)
+    pet = reprojection_ac(arr, hu_to_mu(hu, kvp), nac_lps.GetSpacing(), body, scatter_fraction=scatter_fraction)
     out = resample_to(array_and_image(pet, nac_lps), nac, default_value=0.0)
     return {"pet": out, "shift_mm": shift, "registration": reg, "match_similarity": match}
 
@@ -267,7 +301,7 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
     k, steps, samples, seed = (int(params[n]) for n in ("k", "steps", "samples", "seed"))
     method = params.get("method", "physics")
     if method == "physics":
-        return predict_physics(images, networks, card, ctx)
+        return predict_physics(images, params, networks, card, ctx)
     model_k = int(card["preprocessing"]["k"])
     if k != model_k:
         raise InputError(f"the model {card['id']} was trained with k = {model_k} matched CT slices; "
@@ -292,10 +326,12 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
     return out
 
 
-def predict_physics(images: dict[str, sitk.Image], networks: dict, card: dict, ctx: RunContext
-                    ) -> dict[str, sitk.Image]:
-    res = physics_correct(images["nac"], images["ct"], networks, card, device=ctx.device,
-                          progress=ctx.progress.sub(0.05, 0.85, "physics AC"))
+def predict_physics(images: dict[str, sitk.Image], params: dict, networks: dict, card: dict,
+                    ctx: RunContext) -> dict[str, sitk.Image]:
+    kvp, kvp_source = resolve_kvp(images["ct"], None)
+    sf, sf_source = scatter_fraction_of(images["nac"], params.get("scatter_fraction", "auto"))
+    res = physics_correct(images["nac"], images["ct"], networks, card, device=ctx.device, kvp=kvp,
+                          scatter_fraction=sf, progress=ctx.progress.sub(0.05, 0.85, "physics AC"))
     warnings = []
     w = same_patient_warning(res["match_similarity"], card)
     if w:
@@ -315,7 +351,8 @@ def predict_physics(images: dict[str, sitk.Image], networks: dict, card: dict, c
         "estimated_axial_shift_mm": None if res["shift_mm"] is None else round(res["shift_mm"], 1),
         "registration": reg,
         "ct_match_similarity": None if res["match_similarity"] is None else round(res["match_similarity"], 3),
-        "attenuation": f"Carney 2006 bilinear HU -> mu at 511 keV, {DEFAULT_KVP} kVp",
+        "attenuation": f"Carney 2006 bilinear HU -> mu at 511 keV, {kvp:g} kVp ({kvp_source})",
+        "scatter_fraction": sf, "scatter_fraction_source": sf_source,
         "intended_use": card.get("intended_use", "research model, not for diagnosis")})
     return {"pet_ac": res["pet"]}
 

@@ -51,6 +51,8 @@ SPEC = TaskSpec(
         Parameter("method", str, "physics", "physics: STMDiff's slice matching, CT registration and "
                   "reprojection attenuation correction on the NAC's own grid (validated on real PET); "
                   "stmdiff: the paper's latent diffusion on the working grid", choices=("physics", "stmdiff")),
+        Parameter("scatter_fraction", str, "auto", "physics: scatter fraction the NAC keeps, 0..0.6; auto = "
+                  "0 when its DICOM CorrectedImage lists SCAT, else 0.35 (a NAC keeps its scatter)"),
         Parameter("k", int, DEFAULT_K, "CT slices matched per NAC slice (the model must be trained "
                   "for this k; k = 2 ships)", minimum=1, maximum=5),
         Parameter("steps", int, DEFAULT_STEPS, "DDIM steps (of 1000 trained)", minimum=2, maximum=1000),
