@@ -54,11 +54,14 @@ MAX_PLAUSIBLE_SHIFT_MM = 60.0
 """A translation beyond this is reported as implausible: patients move by centimetres between the
 scans of a dual-time-point study (PHYSICS.md §4.1: at most 25 mm simulated; issue 16: about 2 cm)."""
 REGISTRATION_STARTS_Z_MM = (-30.0, 0.0, 30.0)
-"""Starting couch offsets of the translation search (three registrations, plus STMDiff's matched
-shift when it is plausible), against local optima of the mutual information; the lowest (best)
-value wins. On 10 real crops the median result was the same as from 0 alone. Among the optima, a plausible shift (:data:`MAX_PLAUSIBLE_SHIFT_MM`) always wins over an implausible one:
-on a crop STMDiff's matching proposed 105 mm, and the optimum reached from there (118 mm) had a
-higher mutual information than the true 20 mm."""
+"""Starting couch offsets of the translation search (three registrations) against local optima of
+the mutual information; the lowest (best) value wins, but a plausible shift
+(:data:`MAX_PLAUSIBLE_SHIFT_MM`) always wins over an implausible one."""
+END_TRIM_MM = 30.0
+"""Body slices this close to either axial end of the CT are left out of the registration metric: a
+patient moves by up to 25 mm along the couch between the scans (PHYSICS.md §4.1), and samples that
+leave the CT's field bias mutual information toward shifts that shrink the overlap (the crops,
+15-25 cm long, drifted to 56-93 mm without it)."""
 BODY_MARGIN_MM = 50.0
 """Air kept around the body for the reprojection: the NAC's scatter haze lies there. On the
 whole-body PET petwb_sts001 a 30 mm box and the whole 60 cm field gave the same body NRMSE
@@ -72,18 +75,31 @@ def _resampled(img: sitk.Image, spacing_mm: float, default: float) -> sitk.Image
                          img.GetDirection(), default, sitk.sitkFloat32)
 
 
-def register_ct_to_nac(nac: sitk.Image, ct: sitk.Image, body: np.ndarray, extra_starts_z_mm=()
-                       ) -> tuple[sitk.Transform, dict]:
+def _z_range(img: sitk.Image) -> tuple[float, float]:
+    size = img.GetSize()
+    zs = [img.TransformIndexToPhysicalPoint((i, j, k))[2] for i in (0, size[0] - 1)
+          for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    return min(zs), max(zs)
+
+
+def register_ct_to_nac(nac: sitk.Image, ct: sitk.Image, body: np.ndarray) -> tuple[sitk.Transform, dict]:
     """The translation (NAC physical point -> CT physical point) that best aligns the CT with the
-    NAC inside ``body`` (a mask on the NAC's grid), and {"shift_mm", "plausible", "metric"}.
-    ``extra_starts_z_mm``: further starting couch offsets (e.g. from STMDiff's slice matching)."""
+    NAC inside ``body`` (a mask on the NAC's [z, y, x] grid, z axial), and {"shift_mm", "plausible",
+    "metric"}. The mutual information is taken over the body away from the CT's axial ends
+    (:data:`END_TRIM_MM`), so that a couch shift does not move the sampled body out of the CT."""
+    body = body.copy()
+    c0, c1 = _z_range(ct)
+    z = np.array([nac.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(body.shape[0])])
+    keep = (z >= c0 + END_TRIM_MM) & (z <= c1 - END_TRIM_MM)
+    if keep.sum() >= max(3, body.shape[0] // 4):   # a short CT keeps its whole range
+        body[~keep] = False
     mask = sitk.GetImageFromArray(binary_dilation(body, iterations=2).astype(np.uint8))
     mask.CopyInformation(nac)
     fixed = _resampled(sitk.Cast(nac, sitk.sitkFloat32), REGISTRATION_SPACING_MM, 0.0)
     moving = _resampled(sitk.Cast(ct, sitk.sitkFloat32), REGISTRATION_SPACING_MM, -1000.0)
     mask = sitk.Resample(mask, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     best = None
-    for start in (*REGISTRATION_STARTS_Z_MM, *extra_starts_z_mm):
+    for start in REGISTRATION_STARTS_Z_MM:
         tx = sitk.TranslationTransform(3, (0.0, 0.0, float(start)))
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(32)

@@ -3,8 +3,8 @@ with STMDiff (seeds/STMDiff_dual_time_point_AC.txt) or, by default, STMDiff's sl
 physics stage.
 
 ``method`` "physics" (default; ``physics_correct``): STMDiff's matching network estimates the couch
-shift and the same-patient similarity on the working grid; the CT is registered to the NAC (a
-translation, mutual information, starting from that shift among others) and the NAC is
+shift and the same-patient similarity on the working grid (both reported); the CT is registered to
+the NAC (a translation, mutual information) and the NAC is
 attenuation-corrected by reprojection on its own grid (``physics.nac_to_ac``). It is the default
 because it is what validates on real PET: on the real sarcoma crops (``petdiffusion evaluate
 dual-timepoint-ac --real-crops``) the diffusion read the body 27 % low and its body NRMSE was twice
@@ -42,8 +42,7 @@ from PETDiffusionLib.methods.stmdiff.intensities import body_contours, ct_to_net
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.io.dicom import corrections, resolve_kvp
 from PETDiffusionLib.physics.attenuation import DEFAULT_KVP, hu_to_mu
-from PETDiffusionLib.physics.nac_to_ac import (MAX_PLAUSIBLE_SHIFT_MM, SCATTER_FRACTION, register_ct_to_nac,
-                                               reprojection_ac)
+from PETDiffusionLib.physics.nac_to_ac import SCATTER_FRACTION, register_ct_to_nac, reprojection_ac
 from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID, SPEC
 
@@ -260,9 +259,9 @@ def physics_correct(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict,
     nac_lps = sitk.DICOMOrient(sitk.Cast(nac, sitk.sitkFloat32), "LPS")
     arr = np.clip(sitk.GetArrayFromImage(nac_lps), 0, None).astype(np.float32)
     body = body_contours(arr, "pet")
-    # a NAC point at z sits at z - shift in the CT; an implausible matched shift is not tried
-    starts = () if shift is None or abs(shift) > MAX_PLAUSIBLE_SHIFT_MM else (-shift,)
-    tx, reg = register_ct_to_nac(nac_lps, ct, body, extra_starts_z_mm=starts)
+    # STMDiff's matched shift is reported, not used as a start: on a real crop with 16 mm of couch
+    # motion it proposed 105 mm (the phantom-trained matching does not transfer)
+    tx, reg = register_ct_to_nac(nac_lps, ct, body)
     hu = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(ct, sitk.sitkFloat32), nac_lps, tx, sitk.sitkLinear,
                                               CT_AIR, sitk.sitkFloat32))
     report(0.5, "reprojection attenuation correction")
