@@ -286,6 +286,10 @@ def test_the_ct_registered_to_the_delayed_nac_recovers_the_couch_shift():
     _, info = register_ct_to_nac(sim["nac"], ct, body_contours(nac, "pet"))
     print(info)
     assert np.allclose(info["shift_mm"], (-8.0, -6.0, -16.0), atol=5.47) and info["plausible"]
+    from PETDiffusionLib.tasks.dual_timepoint_ac.realdata import registration_error_mm
+    assert registration_error_mm(sim, (-8.0, -6.0, -16.0)) == pytest.approx(0.0, abs=1e-6)
+    assert registration_error_mm(sim, (0.0, 0.0, 0.0)) == pytest.approx(math.hypot(8.0, 6.0, 16.0), rel=1e-6)
+    assert registration_error_mm(sim, info["shift_mm"]) < 6.0
 
 
 def test_reprojection_refuses_a_nac_with_rectangular_pixels():

@@ -35,7 +35,7 @@ from scipy.ndimage import binary_erosion
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import array_and_image
-from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion
+from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion, rotation_matrix_xyz
 from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
 from PETDiffusionLib.physics.attenuation import hu_to_mu
 from PETDiffusionLib.io.dicom import read_pet_suv
@@ -87,7 +87,26 @@ def simulate_delayed(pet: sitk.Image, ct: sitk.Image, gtv: sitk.Image | None, se
                                 constant_values=CT_AIR_HU), motion, sp, order=1, cval=CT_AIR_HU)[:, ys, xs]
     return {"nac": array_and_image(nac, pet), "ac": array_and_image(ac, pet),
             "body": body & inner, "gtv": les_m[:, ys, xs] > 0.5, "muscle": muscle_mask(hu_m) & body & inner,
-            "mu": mu_m[:, ys, xs]}
+            "mu": mu_m[:, ys, xs], "motion": motion, "spacing_xyz": sp,
+            "pad_offset_yx": (ys.start, xs.start), "padded_shape": suv_p.shape}
+
+
+def registration_error_mm(sim: dict, shift_mm_xyz, max_voxels: int = 20000) -> float:
+    """Mean distance (mm) over the scored body between where a translation by ``shift_mm_xyz`` puts
+    each delayed voxel in the first scan and where the simulated motion (rotation included) put it
+    (``phantom.motion.apply_motion``'s map on the padded grid; identity direction)."""
+    idx = np.argwhere(sim["body"])
+    if len(idx) > max_voxels:
+        idx = idx[np.linspace(0, len(idx) - 1, max_voxels).astype(int)]
+    o = idx + np.array([0, *sim["pad_offset_yx"]], float)
+    c = (np.asarray(sim["padded_shape"], float) - 1) / 2.0
+    s = np.asarray(sim["spacing_xyz"], float)[::-1]
+    r_zyx = rotation_matrix_xyz(sim["motion"].rotation_deg_xyz)[::-1, ::-1]
+    t_zyx = np.asarray(sim["motion"].shift_mm_xyz, float)[::-1]
+    first_mm = ((o - c) * s - t_zyx) @ r_zyx          # R^T (S (o - c) - t), row vectors
+    true_disp = first_mm - (o - c) * s                  # first-scan point - delayed point, mm (z, y, x)
+    est = np.asarray(shift_mm_xyz, float)[::-1]
+    return float(np.linalg.norm(true_disp - est, axis=1).mean())
 
 
 MUSCLE_HU = (10.0, 80.0)
@@ -118,7 +137,8 @@ def score_study(name: str, sim: dict, ct: sitk.Image, methods: dict, correct, st
         if res.get("match_similarity") is not None:
             matches[m] = round(res["match_similarity"], 3)
         if res.get("registration") is not None:
-            regs[m] = res["registration"]
+            regs[m] = res["registration"] | {
+                "error_mm": round(registration_error_mm(sim, res["registration"]["shift_mm"]), 1)}
     row = {"case": name, "body_voxels": int(body.sum()), "nac_factor": round(factor, 3),
            "match_similarity": matches, "registration": regs}
     for m, p in preds.items():
@@ -182,9 +202,11 @@ def real_crops_study(data_dir: str | Path, methods: dict, correct, steps: int, s
         v = np.array([r[f"{name}_nrmse"] for r in rows])
         g = [r[f"{name}_gtv_suvmean_error_pct"] for r in rows if f"{name}_gtv_suvmean_error_pct" in r]
         mus = [r[f"{name}_muscle_suvmean_error_pct"] for r in rows if f"{name}_muscle_suvmean_error_pct" in r]
+        reg_err = [r["registration"][name]["error_mm"] for r in rows if name in r.get("registration", {})]
         summary[name] = {"body_nrmse_median": round(float(np.median(v)), 5),
                          "muscle_suvmean_abs_error_pct_median": round(float(np.median(np.abs(mus))), 2) if mus else None,
                          "muscle_within_15pct": f"{sum(abs(x) <= 15 for x in mus)} of {len(mus)}",
+                         "registration_error_mm_median": round(float(np.median(reg_err)), 1) if reg_err else None,
                          "body_nrmse_mean": round(float(v.mean()), 5),
                          "gtv_suvmean_abs_error_pct_median": round(float(np.median(np.abs(g))), 2) if g else None}
     for name in methods:
