@@ -72,7 +72,7 @@ def pad_square(arrs: list[np.ndarray]) -> tuple[list[np.ndarray], tuple[slice, s
     return [np.pad(a, pads) for a in arrs], crop
 
 
-def _angles_for(n: int, subsets: int) -> int:
+def angles_for(n: int, subsets: int) -> int:
     """Views over 180 degrees: about one per detector bin pair (n/2, at least 96), a multiple of the
     subsets and of 16 (so the shared projector cache is reused across subset choices)."""
     step = math.lcm(16, subsets)
@@ -130,7 +130,7 @@ def simulate_low_count(suv: np.ndarray, spacing_xyz, fraction: float, settings: 
         mu_per_cm = np.where(body_outline(suv, spacing_xyz), SOFT_TISSUE_MU_PER_CM, 0.0)
     (s_pad, m_pad), crop = pad_square([suv, np.asarray(mu_per_cm, np.float32)])
     n = s_pad.shape[1]
-    cfg = AcquisitionConfig(n_angles=_angles_for(n, settings.subsets), n_subsets=settings.subsets,
+    cfg = AcquisitionConfig(n_angles=angles_for(n, settings.subsets), n_subsets=settings.subsets,
                             iterations=settings.iterations, psf_fwhm_mm=settings.psf_fwhm_mm,
                             postfilter_fwhm_mm=settings.postfilter_fwhm_mm)
     # counts per slice grow with the slice thickness (module docstring)

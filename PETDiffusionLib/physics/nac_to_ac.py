@@ -32,6 +32,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter1d
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.physics.acquisition import osem
+from PETDiffusionLib.physics.lowcount import angles_for
 from PETDiffusionLib.physics.projector import (ProjectorGeometry, columns_to_volume, get_projector,
                                                volume_to_columns)
 
@@ -168,8 +169,7 @@ def reprojection_ac(nac: np.ndarray, mu_per_cm: np.ndarray, spacing_xyz, body: n
     py, px = (n - ny) // 2, (n - nx) // 2
     pad = ((0, 0), (py, n - ny - py), (px, n - nx - px))
     sub_p, mu_p = np.pad(sub, pad), np.pad(mu, pad)
-    step = math.lcm(16, OSEM_SUBSETS)
-    angles = max(96, int(math.ceil(n / 2 / step)) * step)   # about one view per bin pair
+    angles = angles_for(n, OSEM_SUBSETS)   # about one view per bin pair, as the low-count simulator
     geom = ProjectorGeometry(n, sx, angles, OSEM_SUBSETS)
     proj = get_projector(geom)
     af = torch.exp(-proj.forward(volume_to_columns(mu_p)))
