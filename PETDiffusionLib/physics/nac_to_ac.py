@@ -76,7 +76,8 @@ def _resampled(img: sitk.Image, spacing_mm: float, default: float) -> sitk.Image
                          img.GetDirection(), default, sitk.sitkFloat32)
 
 
-def _z_range(img: sitk.Image) -> tuple[float, float]:
+def axial_range(img: sitk.Image) -> tuple[float, float]:
+    """(lowest, highest) physical z in mm of the image's voxel centres."""
     size = img.GetSize()
     zs = [img.TransformIndexToPhysicalPoint((i, j, k))[2] for i in (0, size[0] - 1)
           for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
@@ -89,7 +90,7 @@ def register_ct_to_nac(nac: sitk.Image, ct: sitk.Image, body: np.ndarray) -> tup
     "metric"}. The mutual information is taken over the body away from the CT's axial ends
     (:data:`END_TRIM_MM`), so that a couch shift does not move the sampled body out of the CT."""
     body = body.copy()
-    c0, c1 = _z_range(ct)
+    c0, c1 = axial_range(ct)
     z = np.array([nac.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(body.shape[0])])
     keep = (z >= c0 + END_TRIM_MM) & (z <= c1 - END_TRIM_MM)
     if keep.sum() >= max(3, body.shape[0] // 4):   # a short CT keeps its whole range

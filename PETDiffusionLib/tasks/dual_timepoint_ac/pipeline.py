@@ -42,7 +42,7 @@ from PETDiffusionLib.methods.stmdiff.intensities import body_contours, ct_to_net
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.io.dicom import corrections, resolve_kvp
 from PETDiffusionLib.physics.attenuation import DEFAULT_KVP, hu_to_mu
-from PETDiffusionLib.physics.nac_to_ac import SCATTER_FRACTION, register_ct_to_nac, reprojection_ac
+from PETDiffusionLib.physics.nac_to_ac import SCATTER_FRACTION, axial_range, register_ct_to_nac, reprojection_ac
 from PETDiffusionLib.tasks.base import RunContext
 from PETDiffusionLib.tasks.dual_timepoint_ac.spec import MATCH_RADIUS_MM, MODEL_ID, SPEC
 
@@ -93,14 +93,6 @@ def ct_on_nac_plane(ct: sitk.Image, nac_work: sitk.Image) -> sitk.Image:
     ref.SetSpacing(sp)
     ref.SetOrigin((nac_work.GetOrigin()[0], nac_work.GetOrigin()[1], z0))
     return sitk.Resample(ct_lps, ref, sitk.Transform(), sitk.sitkLinear, CT_AIR, sitk.sitkFloat32)
-
-
-def axial_range(img: sitk.Image) -> tuple[float, float]:
-    """(lowest, highest) physical z in mm of the image's voxel centres."""
-    size = img.GetSize()
-    zs = [img.TransformIndexToPhysicalPoint((i, j, k))[2] for i in (0, size[0] - 1)
-          for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
-    return min(zs), max(zs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,19 +188,25 @@ def load_model(model_path: str | Path | None = None, device: torch.device | str 
     return load_model_folder(model_path or MODEL_ID, device, task=SPEC.id)
 
 
-@torch.no_grad()
-def correct_volume(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, *, k: int, steps: int,
-                   samples: int = 1, seed: int = 0, device="cpu", progress=None) -> dict:
-    """{"pet", "std" (sitk images on the NAC's grid, SUVbw), "topk", "shift_mm"} for one study."""
+def working_slices(nac: sitk.Image, ct: sitk.Image, card: dict):
+    """(NAC and CT on the working grid, their padded [z, y, x] arrays, the box of the unpadded slice)."""
     pre = card["preprocessing"]
-    spacing = tuple(pre["working_spacing_mm"])
-    nac_w = working_nac(nac, spacing)
+    nac_w = working_nac(nac, tuple(pre["working_spacing_mm"]))
     ct_w = ct_on_nac_plane(ct, nac_w)
     # slices smaller than the training slices (a small field of view) are padded to their size: the
     # image-space U-Net halves them five times, and every network saw 64-pixel slices with air around
     least = int(pre.get("slice_size_train", 0))
     nac_arr, box = pad_to_multiple(sitk.GetArrayFromImage(nac_w).astype(np.float32), PAD_MULTIPLE, 0.0, least)
     ct_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_w).astype(np.float32), PAD_MULTIPLE, CT_AIR, least)
+    return nac_w, ct_w, nac_arr, ct_arr, box
+
+
+@torch.no_grad()
+def correct_volume(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict, *, k: int, steps: int,
+                   samples: int = 1, seed: int = 0, device="cpu", progress=None) -> dict:
+    """{"pet", "std" (sitk images on the NAC's grid, SUVbw), "topk", "shift_mm"} for one study."""
+    spacing = tuple(card["preprocessing"]["working_spacing_mm"])
+    nac_w, ct_w, nac_arr, ct_arr, box = working_slices(nac, ct, card)
     res = attenuation_correct(networks, card, nac_to_net(nac_arr), ct_to_net(ct_arr), k=k, steps=steps,
                               samples=samples, seed=seed, device=device, progress=progress)
     suv = np.maximum(net_to_pet(res["samples"]), 0.0)
@@ -248,11 +246,7 @@ def physics_correct(nac: sitk.Image, ct: sitk.Image, networks: dict, card: dict,
     if int(card["preprocessing"].get("k", 0)) > 0 and "g1" in networks:
         report(0.05, "matching slices")
         spacing = tuple(card["preprocessing"]["working_spacing_mm"])
-        nac_w = working_nac(nac, spacing)
-        ct_w = ct_on_nac_plane(ct, nac_w)
-        least = int(card["preprocessing"].get("slice_size_train", 0))
-        nac_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(nac_w).astype(np.float32), PAD_MULTIPLE, 0.0, least)
-        ct_arr, _ = pad_to_multiple(sitk.GetArrayFromImage(ct_w).astype(np.float32), PAD_MULTIPLE, CT_AIR, least)
+        nac_w, ct_w, nac_arr, ct_arr, _ = working_slices(nac, ct, card)
         sim = slice_similarity(networks["g1"], networks["g2"], nac_to_net(nac_arr), ct_to_net(ct_arr), device)
         shift, match = matching_summary(sim, top_k(sim, 1), nac_arr, nac_w, ct_w, spacing)
     report(0.3, "registering the CT")

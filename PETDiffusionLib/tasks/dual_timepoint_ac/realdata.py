@@ -35,7 +35,7 @@ from scipy.ndimage import binary_erosion
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import array_and_image
-from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion, rotation_matrix_xyz
+from PETDiffusionLib.phantom.motion import RigidMotion, apply_motion, first_scan_point
 from PETDiffusionLib.physics.acquisition import AcquisitionConfig, reconstruct, simulate_scan
 from PETDiffusionLib.physics.attenuation import hu_to_mu
 from PETDiffusionLib.io.dicom import read_pet_suv
@@ -101,12 +101,9 @@ def registration_error_mm(sim: dict, shift_mm_xyz, max_voxels: int = 20000) -> f
     o = idx + np.array([0, *sim["pad_offset_yx"]], float)
     c = (np.asarray(sim["padded_shape"], float) - 1) / 2.0
     s = np.asarray(sim["spacing_xyz"], float)[::-1]
-    r_zyx = rotation_matrix_xyz(sim["motion"].rotation_deg_xyz)[::-1, ::-1]
-    t_zyx = np.asarray(sim["motion"].shift_mm_xyz, float)[::-1]
-    first_mm = ((o - c) * s - t_zyx) @ r_zyx          # R^T (S (o - c) - t), row vectors
-    true_disp = first_mm - (o - c) * s                  # first-scan point - delayed point, mm (z, y, x)
-    est = np.asarray(shift_mm_xyz, float)[::-1]
-    return float(np.linalg.norm(true_disp - est, axis=1).mean())
+    p_xyz = ((o - c) * s)[:, ::-1]                      # centre-relative delayed points, mm
+    true_disp = first_scan_point(sim["motion"], p_xyz) - p_xyz
+    return float(np.linalg.norm(true_disp - np.asarray(shift_mm_xyz, float), axis=1).mean())
 
 
 MUSCLE_HU = (10.0, 80.0)
