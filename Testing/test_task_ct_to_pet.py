@@ -15,9 +15,9 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from PETDiffusionLib.cli.main import build_parser
+from PETDiffusionLib.cli.main import build_parser, main
 from PETDiffusionLib.errors import InputError
-from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, same_grid, write_image
+from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, resample_to, same_grid, write_image
 from PETDiffusionLib.methods.cpdm import intensities as cpdm
 from PETDiffusionLib.methods.cpdm import transforms
 from PETDiffusionLib.methods.cpdm.latents import ct_stacks, neighbour_indices
@@ -457,3 +457,68 @@ def test_a_resumed_stage_ends_with_the_weights_of_an_uninterrupted_one(tiny_run,
         a = load_file(str(Path(cfg["run_dir"]) / "bridge_cpdm" / "checkpoint" / f"{name}.safetensors"))
         b = load_file(str(run / "bridge_cpdm" / "checkpoint" / f"{name}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 14: the training canvas
+
+def test_small_ct_is_padded_with_air_to_the_training_slice_size(tmp_path, tiny_model):
+    """A CT whose working slices are smaller than the training slices reaches the networks on the
+    training canvas (air around it), and canvas=False (the evaluation's ablation) does not; both
+    return on the CT's grid."""
+    nets, card = pipeline.load_model(tiny_model)
+    least = card["preprocessing"]["slice_size_train"]
+    ct = read_image(tiny_ct(tmp_path))
+    seen: list[tuple[int, ...]] = []
+    hook = nets["attention"].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    try:
+        padded = pipeline.synthesize(ct, nets, card, steps=2, seed=0)
+        on_canvas = list(seen)
+        seen.clear()
+        bare = pipeline.synthesize(ct, nets, card, steps=2, seed=0, canvas=False)
+    finally:
+        hook.remove()
+    assert on_canvas and all(h >= least and w >= least for h, w in on_canvas)
+    assert seen and all(h < least and w < least for h, w in seen)
+    for out in (padded, bare):
+        assert same_grid(out["pet"], ct) and same_grid(out["std"], ct)
+    # GroupNorm sees other statistics on the two canvases: the outputs differ
+    assert not np.allclose(sitk.GetArrayFromImage(padded["pet"]), sitk.GetArrayFromImage(bare["pet"]))
+
+
+def test_shipped_model_on_the_cropped_real_ct_gives_organ_uptake_only_on_the_training_canvas(shared_data):
+    """The real TotalSegmentator CT (303 mm in-plane, the body filling the slice) with the shipped
+    weights: on the training canvas the liver reads as FDG liver does (1.3-3.0 SUV, PHYSICS.md §5.1),
+    without it the whole CT became a ~0.5 SUV haze (the failure issue 14 reported)."""
+    ref = shared_data / "ct_totalseg_example" / "tests" / "reference_files"
+    ct = read_image(ref / "example_ct_sm.nii.gz")
+    lab, names = ctp_evaluate.totalseg_labels(
+        ref, shared_data / "ct_totalseg_example" / "totalsegmentator_total_class_map.json", ct)
+    liver = np.isin(lab, [k for k, v in names.items() if v == "liver"])
+    nets, card = pipeline.load_model(None)
+    means = {c: float(sitk.GetArrayFromImage(pipeline.synthesize(ct, nets, card, steps=5, seed=0,
+                                                                 canvas=c)["pet"])[liver].mean())
+             for c in (True, False)}
+    assert 1.3 <= means[True] <= 3.0
+    assert means[False] < 0.8
+
+
+def test_real_pairs_mode_scores_cpdm_the_ablation_and_the_floor_against_the_real_pet(tmp_path, tiny_model,
+                                                                                   shared_data):
+    out = tmp_path / "real_pairs.json"
+    assert main(["evaluate", "ct-to-pet", "--mode", "real-pairs", "--real-data", str(shared_data),
+                 "--real-sts-more", "STS_042", "--model", str(tiny_model), "--steps", "2",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["cases"] == ["STS_042"]
+    row = res["per_case"][0]
+    # the floor's figures are those of its own prediction against the real PET, in the CT's body
+    case = shared_data / "petct_sts_more" / "STS_042"
+    ct = read_image(case / "CT_image.nii.gz")
+    real = sitk.GetArrayFromImage(resample_to(read_image(case / "PET_image.nii.gz"), ct))
+    body = cpdm.body_mask(sitk.GetArrayFromImage(ct).astype(np.float32))
+    floor = sitk.GetArrayFromImage(ctp_evaluate.floor_prediction(ct, json.loads((tiny_model / "card.json").read_text())))
+    assert row["tissue_floor"]["mae_suv_body"] == pytest.approx(float(np.abs(real - floor)[body].mean()), rel=1e-5)
+    for m in ("cpdm", "cpdm_without_canvas"):
+        assert 0 < row[m]["mae_suv_body"] < 50 and -1 <= row[m]["ssim_body"] <= 1
+    assert res["mean"]["cpdm"]["mae_suv_body"] == pytest.approx(row["cpdm"]["mae_suv_body"])

@@ -7,6 +7,10 @@ Modes (``--mode``, default ``cohort``):
 - ``totalseg-organs``: the real TotalSegmentator CT crop (``--real-data``/ct_totalseg_example,
   example_ct_sm with its organ labels): synthetic SUVmean of each organ against the literature FDG
   range (physics/organ_uptake.py; issue 14's first acceptance line), and its OOD verdict;
+- ``real-pairs`` (``--real-data``): the real sarcoma PET/CT pairs held apart from every training
+  run (``--real-sts-more``, default the card's ``evaluation.real_sts_validation.cases``): MAE and
+  SSIM in the body against the real PET, for CPDM, CPDM without the training canvas (the ablation
+  of the air padding) and the tissue floor;
 - ``ood`` (``--ct FILE ...``): the out-of-distribution verdict (ood.py) of each CT;
 - ``ood-reference`` (``--cohort cohorts/train``): recompute the OOD training reference and write
   it as tasks/ct_to_pet/ood_reference.py (or ``--out``).
@@ -48,7 +52,7 @@ ORGAN_GROUPS: dict[str, tuple[str, ...]] = {
     "bone": ("vertebrae", "pelvis", "ribs", "bone", "skull", "femur"),
 }
 CASE_KVP = 120  # the simulator's CT tube voltage (phantom/case.py CT_KVP)
-MODES = ("cohort", "totalseg-organs", "ood", "ood-reference")
+MODES = ("cohort", "totalseg-organs", "real-pairs", "ood", "ood-reference")
 # issue 14 acceptance: these organs of the real TotalSegmentator CT inside their literature range
 ACCEPTANCE_ORGANS = ("liver", "spleen", "muscle", "blood_pool")
 FAT_LABEL = 1000  # label given to TotalSegmentator's tissue_types subcutaneous_fat (not in its total map)
@@ -166,6 +170,8 @@ def evaluate(args) -> str:
     mode = getattr(args, "mode", "cohort") or "cohort"
     if mode == "totalseg-organs":
         return evaluate_totalseg_organs(args)
+    if mode == "real-pairs":
+        return evaluate_real_pairs(args)
     if mode == "ood":
         return evaluate_ood(args)
     if mode == "ood-reference":
@@ -342,6 +348,9 @@ def evaluate_totalseg_organs(args) -> str:
     seconds = time.monotonic() - t0
     spacing_zyx = tuple(float(s) for s in reversed(ct.GetSpacing()))
     rows = check_organ_uptake(pet, lab, names, TOTALSEG_GROUPS, spacing_zyx)
+    bare = sitk.GetArrayFromImage(synthesize(ct, nets, card, steps=steps, seed=args.seed,
+                                             canvas=False)["pet"])
+    bare_rows = {r["organ"]: r for r in check_organ_uptake(bare, lab, names, TOTALSEG_GROUPS, spacing_zyx)}
     floor = sitk.GetArrayFromImage(floor_prediction(ct, card))
     floor_rows = {r["organ"]: r for r in check_organ_uptake(floor, lab, names, TOTALSEG_GROUPS, spacing_zyx)}
     verdict = ood_check(ct)
@@ -349,16 +358,17 @@ def evaluate_totalseg_organs(args) -> str:
     out = {"ct": str(ct_path), "labels": "example_seg.nii.gz (+ tissue_types subcutaneous_fat)",
            "model": card["id"], "model_version": card.get("version"), "steps": steps, "seed": args.seed,
            "kvp": "120 (the NIfTI records none)", "seconds": seconds, "organs": rows,
-           "tissue_floor": list(floor_rows.values()), "acceptance_organs_inside": accepted,
+           "tissue_floor": list(floor_rows.values()), "without_canvas": list(bare_rows.values()),
+           "acceptance_organs_inside": accepted,
            "ood": verdict.to_dict()}
     dst = Path(getattr(args, "out", None) or "runs/ct_to_pet/totalseg_organs.json")
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(out, indent=2, default=float))
     table = format_uptake_table(rows).splitlines()
-    table[0] += "   tissue floor"
+    table[0] += "   tissue floor   without canvas"
     for i, r in enumerate(rows, start=1):
-        f = floor_rows.get(r["organ"])
-        table[i] += f"   {f['suv_mean']:.2f}" if f else ""
+        f, b = floor_rows.get(r["organ"]), bare_rows.get(r["organ"])
+        table[i] += (f"   {f['suv_mean']:12.2f}" if f else "") + (f"   {b['suv_mean']:14.2f}" if b else "")
     n_in = sum(bool(v) for v in accepted.values())
     lines = [f"ct-to-pet on the real TotalSegmentator CT {ct_path.name} ({card['id']} "
              f"{card.get('version')}, {steps} bridge steps, {seconds:.1f} s); synthetic SUVmean per organ "
@@ -367,6 +377,59 @@ def evaluate_totalseg_organs(args) -> str:
              + str({k: ("inside" if v else "outside" if v is not None else "absent") for k, v in accepted.items()}),
              "OOD: " + ("; ".join(verdict.reasons) if verdict.reasons else "in distribution"),
              f"wrote {dst}"]
+    return "\n".join(lines)
+
+
+def evaluate_real_pairs(args) -> str:
+    """``--mode real-pairs``: the held-apart real sarcoma PET/CT pairs (never trained on); per case
+    the body MAE and SSIM against the real PET of CPDM, CPDM without the training canvas and the
+    tissue floor; the mean over the cases."""
+    torch.set_num_threads(max(1, int(getattr(args, "threads", 1) or 1)))
+    shared = Path(getattr(args, "real_data", None) or "../shared/data")
+    nets, card = load_model(getattr(args, "model", None))
+    steps = args.steps or int(card["diffusion"].get("default_steps", DEFAULT_STEPS))
+    ids = [c.strip() for c in str(getattr(args, "real_sts_more", "") or "").split(",") if c.strip()]
+    ids = ids or list(card.get("evaluation", {}).get("real_sts_validation", {}).get("cases", []))
+    if not ids:
+        raise InputError("no held-apart cases: give --real-sts-more STS_xxx,...", shared / "petct_sts_more")
+    methods = ("cpdm", "cpdm_without_canvas", "tissue_floor")
+    per_case = []
+    for cid in ids:
+        case = shared / "petct_sts_more" / cid
+        ct = read_image(case / "CT_image.nii.gz")
+        check_ct(ct, str(case / "CT_image.nii.gz"))
+        real = sitk.GetArrayFromImage(resample_to(read_image(case / "PET_image.nii.gz"), ct)).astype(np.float32)
+        body = body_mask(sitk.GetArrayFromImage(ct).astype(np.float32))
+        rng = float(real[body].max() - real[body].min())
+        preds = {"cpdm": synthesize(ct, nets, card, steps=steps, seed=args.seed)["pet"],
+                 "cpdm_without_canvas": synthesize(ct, nets, card, steps=steps, seed=args.seed,
+                                                   canvas=False)["pet"],
+                 "tissue_floor": floor_prediction(ct, card)}
+        row = {"case": cid, "size": list(ct.GetSize()), "real_suvmean_body": float(real[body].mean())}
+        for m, img in preds.items():
+            a = sitk.GetArrayFromImage(img).astype(np.float32)
+            row[m] = {"mae_suv_body": mae(real, a, body), "ssim_body": ssim3d(real, a, rng, body),
+                      "suvmean_body": float(a[body].mean())}
+        per_case.append(row)
+        log.info("%s: %s", cid, {m: round(row[m]["mae_suv_body"], 3) for m in methods})
+    mean = {m: {k: float(np.mean([r[m][k] for r in per_case])) for k in ("mae_suv_body", "ssim_body")}
+            for m in methods}
+    out = {"cases": ids, "model": card["id"], "model_version": card.get("version"), "steps": steps,
+           "seed": args.seed, "metrics_inside": "body (CT > -500 HU, holes filled per slice)",
+           "reference": "the real PET (PET_image.nii.gz) resampled onto the CT", "mean": mean,
+           "per_case": per_case}
+    dst = Path(getattr(args, "out", None) or "runs/ct_to_pet/real_pairs.json")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(out, indent=2, default=float))
+    lines = [f"ct-to-pet on {len(ids)} held-apart real sarcoma PET/CT pairs ({card['id']} "
+             f"{card.get('version')}, {steps} bridge steps); body MAE / SSIM against the real PET",
+             f"{'case':8s} " + " ".join(f"{m:>26s}" for m in methods)]
+    for r in per_case:
+        lines.append(f"{r['case']:8s} " + " ".join(
+            f"{r[m]['mae_suv_body']:17.3f} / {r[m]['ssim_body']:.3f}" for m in methods))
+    lines.append(f"{'mean':8s} " + " ".join(
+        f"{mean[m]['mae_suv_body']:17.3f} / {mean[m]['ssim_body']:.3f}" for m in methods))
+    lines.append(f"wrote {dst}")
     return "\n".join(lines)
 
 

@@ -82,9 +82,12 @@ def load_model(model_path: str | Path | None = None, device: torch.device | str 
 @torch.no_grad()
 def synthesize(ct_img: sitk.Image, networks: dict, card: dict, *, kvp: float = DEFAULT_KVP,
                steps: int = DEFAULT_STEPS, samples: int = 1, seed: int = 0,
-               device: torch.device | str = "cpu", progress=None, cache: dict | None = None
-               ) -> dict[str, sitk.Image]:
+               device: torch.device | str = "cpu", progress=None, cache: dict | None = None,
+               canvas: bool = True) -> dict[str, sitk.Image]:
     """CT image -> {"pet", "std", "attention"} images on the CT's grid (SUVbw, SUVbw, probability).
+
+    ``canvas`` (default True; False only for the evaluation's ablation): each working slice is
+    padded with air up to the training slice size (card ``preprocessing.slice_size_train``).
 
     ``progress`` is an optional callable(fraction, message) (a SubProgress). ``cache`` (evaluation
     only): a dict kept between calls on the same CT by models that share the autoencoder and the
@@ -103,7 +106,12 @@ def synthesize(ct_img: sitk.Image, networks: dict, card: dict, *, kvp: float = D
     else:
         work = to_working_grid(ct_img, pre["working_spacing_mm"], default_value=CT_HU_MIN)
         ct = sitk.GetArrayFromImage(work).astype(np.float32)
-        ct_p, (y0, x0, h, w) = pad_to_multiple(ct, PAD_MULTIPLE, CT_HU_MIN)
+        # air around the slice up to the training canvas (issue 14): the networks' GroupNorm
+        # statistics span the whole slice, and a body filling a small canvas (a CT cropped to the
+        # body, a 300 mm field of view) turned the output into a ~0.5 SUV haze (evaluate
+        # --mode real-pairs and totalseg-organs measure it with canvas=False)
+        least = int(pre.get("slice_size_train", 0)) if canvas else 0
+        ct_p, (y0, x0, h, w) = pad_to_multiple(ct, PAD_MULTIPLE, CT_HU_MIN, least)
         n = len(ct_p)
         ct_n = ct_to_net(ct_p)
         report(0.05, "attention map")
