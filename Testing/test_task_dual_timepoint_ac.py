@@ -340,3 +340,32 @@ def test_a_real_dicom_ac_pet_given_as_nac_is_refused_by_its_corrected_image_head
     wb = STS.parent / "petwb_sts001" / "PET" / "image"
     _expect_refused({"nac": str(wb), "ct": str(case / "ct.nii.gz")}, tmp_path / "out", tiny_model,
                     "attenuation-corrected .CorrectedImage DECY.ATTN")
+
+
+# ------------------------------------------------------------------------------------------------
+# the recipe's stages_from_model
+
+def test_stages_taken_from_a_model_folder_hold_its_networks_and_name_it(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import load_stage_nets, stage_from_model
+    cfg = json.loads(CONFIG.read_text())
+    cfg["diffusion"]["channels"] = 8
+    sp = network_specs(cfg)
+    shipped = load_file(str(tiny_model / "model.safetensors"))
+    for stage, names in (("matching", ("g1", "g2")), ("autoencoder", ("autoencoder",))):
+        summary = stage_from_model(cfg, tiny_model, stage, tmp_path / stage)
+        assert summary["from_model"] == str(tiny_model) and summary["networks"] == list(names)
+        nets = load_stage_nets(tmp_path, stage, {n: sp[n] for n in names})
+        for n in names:
+            for key, value in nets[n].state_dict().items():
+                assert torch.equal(value, shipped[f"{n}.{key}"])
+        saved = load_file(str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
+        assert {k.split(".", 1)[0] for k in saved} == set(names)  # not the denoiser
+    # a config that builds another autoencoder cannot take the folder's
+    other = json.loads(CONFIG.read_text())
+    other["autoencoder"]["latent_channels"] = int(other["autoencoder"].get("latent_channels", 4)) + 2
+    with pytest.raises(InputError, match="autoencoder"):
+        stage_from_model(other, tiny_model, "autoencoder", tmp_path / "other")
+    with pytest.raises(InputError, match="not a model folder"):
+        stage_from_model(cfg, tmp_path, "matching", tmp_path / "none")

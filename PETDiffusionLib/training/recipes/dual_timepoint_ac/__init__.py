@@ -5,6 +5,10 @@
 Stages (``training.loop.run_stages``; one folder each in ``run_dir``, done when its summary.json
 exists): prepare (data.py), matching, autoencoder, latents, diffusion:k<K> for every K of
 ``diffusion.k_values`` (K = 0: no CT prior), unet (the NAC -> AC baseline), export (card.py).
+
+``stages_from_model`` ({"model": MODEL_DIR, "stages": ["matching", "autoencoder"]}) takes those
+stages' networks from an exported model folder instead of training them (the stage's summary names
+the folder and its weights' sha256), so a run can retrain the later stages on the same encoders.
 """
 from __future__ import annotations
 
@@ -22,9 +26,16 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     def diffusion(k: int) -> Stage:
         return Stage(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
 
+    reuse = cfg.get("stages_from_model") or {}
+
+    def trained(name: str, fn) -> Stage:
+        if name in reuse.get("stages", ()):
+            return Stage(name, lambda d: stages.stage_from_model(cfg, reuse["model"], name, d), rank0_only=True)
+        return Stage(name, fn)
+
     return [Stage("prepare", lambda d: data.prepare(cfg, d), rank0_only=True),
-            Stage("matching", lambda d: stages.train_matching(cfg, options, run_dir, d)),
-            Stage("autoencoder", lambda d: stages.train_autoencoder(cfg, options, run_dir, d)),
+            trained("matching", lambda d: stages.train_matching(cfg, options, run_dir, d)),
+            trained("autoencoder", lambda d: stages.train_autoencoder(cfg, options, run_dir, d)),
             Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d), rank0_only=True),
             *[diffusion(int(k)) for k in cfg["diffusion"]["k_values"]],
             Stage("unet", lambda d: stages.train_unet(cfg, options, run_dir, d)),

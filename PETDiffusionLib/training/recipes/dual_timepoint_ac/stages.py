@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
 from PETDiffusionLib.errors import InputError
@@ -85,6 +85,38 @@ def load_stage_nets(run_dir: Path, stage: str, specs: dict[str, dict]) -> dict[s
         net.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
         out[name] = net.eval()
     return out
+
+
+STAGE_NETWORKS = {"matching": ("g1", "g2"), "autoencoder": ("autoencoder",)}
+
+
+def stage_from_model(cfg: dict, model_dir: str | Path, stage: str, folder: Path) -> dict:
+    """The networks of ``stage`` copied from an exported model folder into the stage's
+    checkpoint/ema.safetensors, checked against this config's network specs (the folder's card must
+    describe the same architectures); returns the stage summary."""
+    model_dir = Path(model_dir)
+    card_path, weights_path = model_dir / "card.json", model_dir / "model.safetensors"
+    if not (card_path.is_file() and weights_path.is_file()):
+        raise InputError("stages_from_model: not a model folder (card.json + model.safetensors)", model_dir)
+    card = json.loads(card_path.read_text())
+    specs = network_specs(cfg)
+    names = STAGE_NETWORKS[stage]
+    for n in names:
+        if card.get("networks", {}).get(n) != specs[n]:
+            raise InputError(f"stages_from_model: the folder's {n} is not the network this config "
+                             f"builds ({card.get('networks', {}).get(n)} vs {specs[n]})", card_path)
+    weights = load_file(str(weights_path))
+    keep = {k: v for k, v in weights.items() if k.split(".", 1)[0] in names}
+    for n in names:  # the weights must load into the config's network
+        build_network(specs[n]).load_state_dict({k[len(n) + 1:]: v for k, v in keep.items()
+                                                 if k.startswith(n + ".")})
+    (folder / "checkpoint").mkdir(parents=True, exist_ok=True)
+    save_file(keep, str(folder / "checkpoint" / "ema.safetensors"))
+    src = card.get("training", {}).get("stages", {}).get(stage, {})
+    return {"from_model": str(model_dir), "model_version": card.get("version"),
+            "weights_sha256": card.get("weights_sha256"), "networks": list(names),
+            "steps": src.get("steps"), "trained_seconds": src.get("seconds"),
+            "parameters": src.get("parameters")}
 
 
 def _move_inplane(x: torch.Tensor, rng: np.random.Generator, max_deg: float, max_px: float) -> torch.Tensor:
@@ -223,7 +255,9 @@ def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) ->
     u, d = cfg["unet"], cfg["diffusion"]
     cases = load_cases(run_dir / "prepare")
     net = build_network(network_specs(cfg)["unet"])
-    block = {"steps": d["steps"], "lr": u["lr"]}  # equal budget: the diffusion's steps and batch
+    # equal budget: the diffusion's steps and batch, unless the config gives the U-Net its own
+    # steps (an image-space step costs ~6x a latent one here: 0.4.0 states both budgets in time)
+    block = {"steps": int(u.get("steps", d["steps"])), "lr": u["lr"]}
 
     def batch_fn(step: int, rng: np.random.Generator):
         x, y = [], []
