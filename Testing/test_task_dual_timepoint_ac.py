@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.io.images import get_units, is_synthetic, read_image, write_image
@@ -369,3 +370,79 @@ def test_stages_taken_from_a_model_folder_hold_its_networks_and_name_it(tiny_mod
         stage_from_model(other, tiny_model, "autoencoder", tmp_path / "other")
     with pytest.raises(InputError, match="not a model folder"):
         stage_from_model(cfg, tmp_path, "matching", tmp_path / "none")
+
+
+def test_a_stage_continued_from_an_earlier_run_starts_from_its_ema_weights_and_decays_the_lr(tmp_path):
+    from safetensors.torch import save_file
+
+    from PETDiffusionLib.training.loop import TrainOptions
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import fit_stage, init_from_run
+    cfg = json.loads(CONFIG.read_text())
+    cfg["threads"], cfg["trainer"] = 1, {"progress_bar": False, "log_every": 1}
+    spec = network_specs(cfg)["unet"]
+    torch.manual_seed(1)
+    earlier = build_network(spec)
+    (tmp_path / "earlier" / "unet" / "checkpoint").mkdir(parents=True)
+    save_file({f"unet.{k}": v.contiguous() for k, v in earlier.state_dict().items()},
+              str(tmp_path / "earlier" / "unet" / "checkpoint" / "ema.safetensors"))
+    (tmp_path / "earlier" / "unet" / "summary.json").write_text(json.dumps({"steps": 7}))
+
+    torch.manual_seed(2)
+    net = build_network(spec)
+    start = init_from_run({"unet": net}, tmp_path / "earlier", "unet")
+    assert start["steps"] == 7 and len(start["ema_sha256"]) == 64
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, earlier.state_dict()[key])
+
+    x = torch.rand(2, 1, 32, 32)
+    block = {"steps": 6, "lr": 1e-3, "min_lr_ratio": 0.0, "init_from": str(tmp_path / "earlier")}
+    nets = {"unet": build_network(spec)}
+    _, summary = fit_stage(cfg, TrainOptions(), tmp_path / "run" / "unet", nets, block,
+                           lambda b, n: (F.l1_loss(n["unet"](b), b), {}), lambda step, rng: x, 0.0)
+    assert summary["init_from"]["run"] == str(tmp_path / "earlier") and summary["min_lr_ratio"] == 0.0
+    lrs = [json.loads(r)["lr"] for r in (tmp_path / "run" / "unet" / "metrics.jsonl").read_text().splitlines()
+           if "lr" in json.loads(r)]
+    assert lrs and lrs[-1] < 0.2e-3  # cosine to 0 over 6 steps, not the constant 1e-3 of a fresh stage
+
+    other = json.loads(CONFIG.read_text())
+    other["unet"]["features"] = [4, 8, 8, 8, 8, 4]
+    with pytest.raises(InputError, match="not the network this config builds"):
+        init_from_run({"unet": build_network(network_specs(other)["unet"])}, tmp_path / "earlier", "unet")
+    with pytest.raises(InputError, match="no trained diffusion_k2 stage"):
+        init_from_run({"unet": net}, tmp_path / "earlier", "diffusion_k2")
+
+
+def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoencoder(tmp_path):
+    from safetensors.torch import save_file
+
+    from PETDiffusionLib.training.loop import TrainOptions
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import train_diffusion
+    cfg = json.loads(CONFIG.read_text())
+    cfg["threads"], cfg["trainer"] = 1, {"progress_bar": False, "log_every": 1}
+    cfg["diffusion"].update(channels=8, steps=3, batch=4, cases_per_batch=2, k_values=[2],
+                            prediction="sample", image_l1_weight=1.0)
+    sp = network_specs(cfg)
+    torch.manual_seed(0)
+    ae = build_network(sp["autoencoder"])
+    (tmp_path / "autoencoder" / "checkpoint").mkdir(parents=True)
+    ae_path = tmp_path / "autoencoder" / "checkpoint" / "ema.safetensors"
+    save_file({f"autoencoder.{k}": v.contiguous() for k, v in ae.state_dict().items()}, str(ae_path))
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
+    lc, fc = cfg["autoencoder"]["latent_channels"], cfg["matching"]["feature_channels"]
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        lat = {key: rng.standard_normal((6, lc, 8, 8)).astype(np.float32) for key in ("ac", "nac", "dac", "dnac")}
+        np.savez(tmp_path / "latents" / f"case_{c:04d}.npz", feats=rng.standard_normal((6, fc, 8, 8)).astype(np.float32),
+                 topk_first=np.tile(np.arange(3), (6, 1)), topk_delayed=np.tile(np.arange(3), (6, 1)),
+                 body=np.arange(6), body_d=np.arange(6), **lat)
+    folder = tmp_path / "diffusion_k2"
+    summary = train_diffusion(cfg, TrainOptions(), tmp_path, folder, 2)
+    assert summary["steps"] == 3 and summary["image_l1_weight"] == 1.0
+    logs = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines() if "image_l1" in r]
+    assert logs and all(r["image_l1"] > 0 and r["latent_l2"] > 0 for r in logs)
+    for r in logs:  # the loss is the latent L2 plus the weighted image L1
+        assert r["loss"] == pytest.approx(r["latent_l2"] + r["image_l1"], rel=1e-4)
+    cfg["diffusion"]["prediction"] = "epsilon"
+    with pytest.raises(InputError, match="image_l1_weight needs prediction"):
+        train_diffusion(cfg, TrainOptions(), tmp_path, tmp_path / "eps", 2)

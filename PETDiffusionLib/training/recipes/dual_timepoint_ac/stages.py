@@ -53,10 +53,39 @@ def network_specs(cfg: dict) -> dict[str, dict]:
     return out
 
 
+def init_from_run(nets: dict[str, nn.Module], run_dir: str | Path, stage_folder: str) -> dict:
+    """Load the EMA weights of the same stage of an earlier run (``RUN/<stage>/checkpoint/
+    ema.safetensors``) into ``nets``, strictly (same architectures); returns what the summary
+    records: the run, its stage's steps and the weights' sha256."""
+    import hashlib
+    path = Path(run_dir) / stage_folder / "checkpoint" / "ema.safetensors"
+    if not path.is_file():
+        raise InputError(f"init_from: the run has no trained {stage_folder} stage (no {path.name})",
+                         path.parent)
+    weights = load_file(str(path))
+    for name, net in nets.items():
+        own = {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
+        try:
+            net.load_state_dict(own)
+        except RuntimeError as err:
+            raise InputError(f"init_from: the run's {name} is not the network this config builds "
+                             f"({str(err).splitlines()[0]})", path) from err
+    summary_path = Path(run_dir) / stage_folder / "summary.json"
+    steps = json.loads(summary_path.read_text()).get("steps") if summary_path.is_file() else None
+    return {"run": str(run_dir), "steps": steps,
+            "ema_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def fit_stage(cfg: dict, options: TrainOptions, folder: Path, nets: dict[str, nn.Module], block: dict,
               loss_fn, batch_fn, ema_decay: float) -> tuple[Trainer, dict]:
-    settings = {"lr": float(block["lr"]), "max_steps": int(block["steps"]), "warmup": 0,
-                "min_lr_ratio": 1.0, "ema_decay": float(ema_decay), "seed": int(cfg["seed"]),
+    """Train ``nets`` for ``block["steps"]`` at ``block["lr"]``: constant unless the block gives
+    ``min_lr_ratio`` < 1 (then cosine decay to that fraction, with ``warmup`` linear steps first);
+    ``init_from`` (an earlier run folder) starts from that run's EMA weights of this stage."""
+    start = init_from_run(nets, block["init_from"], folder.name) if block.get("init_from") else None
+    settings = {"lr": float(block["lr"]), "max_steps": int(block["steps"]),
+                "warmup": int(block.get("warmup", 0)),
+                "min_lr_ratio": float(block.get("min_lr_ratio", 1.0)), "ema_decay": float(ema_decay),
+                "seed": int(cfg["seed"]),
                 "num_threads": int(cfg.get("threads", 1)), "log_every": 25,
                 "device": options.device or cfg.get("device", "auto"), **cfg.get("trainer", {})}
     trainer = Trainer(TrainConfig.from_dict(settings), nets, loss_fn, batch_fn, run_dir=folder)
@@ -71,7 +100,9 @@ def fit_stage(cfg: dict, options: TrainOptions, folder: Path, nets: dict[str, nn
     return trainer, {"steps": trainer.step, "seconds": round(time.monotonic() - t0, 1),
                      "first_loss": recs[0]["loss"] if recs else None,
                      "final_loss": recs[-1]["loss"] if recs else None,
-                     "parameters": int(sum(p.numel() for n in nets.values() for p in n.parameters()))}
+                     "parameters": int(sum(p.numel() for n in nets.values() for p in n.parameters())),
+                     "lr": settings["lr"], "min_lr_ratio": settings["min_lr_ratio"],
+                     **({"init_from": start} if start else {})}
 
 
 def load_stage_nets(run_dir: Path, stage: str, specs: dict[str, dict]) -> dict[str, nn.Module]:
@@ -240,15 +271,35 @@ def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Pat
             cond.append(build_condition(c[src][idx], c["feats"], tk[idx], k))
         return torch.cat(x0), torch.cat(cond)
 
+    image_weight = float(d.get("image_l1_weight", 0.0))
+    if image_weight > 0:
+        if d.get("prediction", "epsilon") != "sample":
+            raise InputError("diffusion.image_l1_weight needs prediction \"sample\" (the x0 the decoder sees)",
+                             run_dir)
+        # the frozen decoder of the autoencoder stage; latents are stored times latent_scale
+        decoder = load_stage_nets(run_dir, "autoencoder", {"autoencoder": network_specs(cfg)["autoencoder"]}
+                                  )["autoencoder"].requires_grad_(False)
+        scale = float(json.loads((run_dir / "latents" / "summary.json").read_text())["latent_scale"])
+
     def loss_fn(batch, networks, info: StepInfo):
         x0, cond = batch
         t = torch.randint(0, diff.num_train_timesteps, (len(x0),), generator=info.generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=info.generator).to(x0.device)
-        return diff.training_loss(networks["denoiser"], x0, cond, loss="l2", t=t, noise=noise), {}
+        if image_weight <= 0:
+            return diff.training_loss(networks["denoiser"], x0, cond, loss="l2", t=t, noise=noise), {}
+        # Eq. 5's L2 on the latent x0 plus an L1 between the decoded prediction and the decoded
+        # target (the image-space L1 the U-Net baseline is trained with)
+        x_t = diff.scheduler.add_noise(x0, noise, t)
+        out = networks["denoiser"](torch.cat([x_t, cond.to(x_t.dtype)], 1), t).float()
+        latent = F.mse_loss(out, x0.float())
+        dec = decoder.to(x0.device)
+        image = F.l1_loss(dec.decode(out / scale), dec.decode(x0.float() / scale))
+        return latent + image_weight * image, {"latent_l2": float(latent.detach()),
+                                               "image_l1": float(image.detach())}
 
     trainer, summary = fit_stage(cfg, options, folder, {"denoiser": net}, d, loss_fn, batch_fn,
                                  float(d.get("ema_decay", 0.999)))
-    return summary | {"k": k}
+    return summary | {"k": k} | ({"image_l1_weight": image_weight} if image_weight > 0 else {})
 
 
 def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
@@ -258,7 +309,8 @@ def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) ->
     # equal budget: the diffusion's steps and batch, unless the config gives the U-Net its own
     # steps (alone on this 2-core machine an image-space U-Net step took 0.19 s, a latent diffusion
     # step 0.053 s: configs/dual_timepoint_ac_v4.json states both budgets in time)
-    block = {"steps": int(u.get("steps", d["steps"])), "lr": u["lr"]}
+    block = {"steps": int(u.get("steps", d["steps"])), "lr": u["lr"],
+             **{k: u[k] for k in ("min_lr_ratio", "warmup", "init_from") if k in u}}
 
     def batch_fn(step: int, rng: np.random.Generator):
         x, y = [], []
