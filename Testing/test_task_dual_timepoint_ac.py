@@ -446,3 +446,58 @@ def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoenco
     cfg["diffusion"]["prediction"] = "epsilon"
     with pytest.raises(InputError, match="image_l1_weight needs prediction"):
         train_diffusion(cfg, TrainOptions(), tmp_path, tmp_path / "eps", 2)
+
+
+def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents_and_the_export_ships_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from PETDiffusionLib.training.loop import TrainOptions
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import train_decoder
+    cfg = json.loads(CONFIG.read_text())
+    cfg["threads"], cfg["trainer"] = 1, {"progress_bar": False, "log_every": 1}
+    cfg["diffusion"].update(channels=8, batch=4, cases_per_batch=2, k_values=[2], prediction="sample")
+    cfg["decoder"] = {"steps": 4, "lr": 1e-3, "batch": 4, "ddim_steps": 2}
+    cfg["export"] = str(tmp_path / "export" / "stmdiff-tiny")
+    sp = network_specs(cfg)
+    torch.manual_seed(0)
+    stage_nets = {"autoencoder": {"autoencoder": build_network(sp["autoencoder"])},
+                  "diffusion_k2": {"denoiser": build_network(sp["diffusion:k2"])},
+                  "matching": {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"])}}
+    for stage, nets in stage_nets.items():
+        (tmp_path / stage / "checkpoint").mkdir(parents=True)
+        save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
+                  str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
+        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 1}))
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
+    (tmp_path / "prepare").mkdir()
+    lc, fc = cfg["autoencoder"]["latent_channels"], cfg["matching"]["feature_channels"]
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        lat = {key: rng.standard_normal((6, lc, 8, 8)).astype(np.float32) for key in ("ac", "nac", "dac", "dnac")}
+        np.savez(tmp_path / "latents" / f"case_{c:04d}.npz", feats=rng.standard_normal((6, fc, 8, 8)).astype(np.float32),
+                 topk_first=np.tile(np.arange(3), (6, 1)), topk_delayed=np.tile(np.arange(3), (6, 1)),
+                 body=np.arange(6), body_d=np.arange(6), **lat)
+        np.savez(tmp_path / "prepare" / f"case_{c:04d}.npz",
+                 **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac")})
+    summary = train_decoder(cfg, TrainOptions(), tmp_path, tmp_path / "decoder_k2", 2)
+    assert summary["steps"] == 4 and summary["k"] == 2 and summary["ddim_steps"] == 2
+    before = stage_nets["autoencoder"]["autoencoder"].state_dict()
+    after = load_file(str(tmp_path / "decoder_k2" / "checkpoint" / "weights.safetensors"))
+    assert all(torch.equal(after[f"autoencoder.{k}"], v) for k, v in before.items() if k.startswith("enc."))
+    assert any(not torch.equal(after[f"autoencoder.{k}"], v) for k, v in before.items() if k.startswith("dec."))
+    losses = [json.loads(r)["loss"] for r in (tmp_path / "decoder_k2" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(r)]
+    assert len(losses) == 4 and all(0 < v < 2 for v in losses)   # L1 of [-1, 1] images
+    (tmp_path / "decoder_k2" / "summary.json").write_text(json.dumps(summary))
+
+    recipe_card.export(cfg, tmp_path, "test")
+    shipped = load_file(str(Path(cfg["export"]) / "model.safetensors"))
+    ema = load_file(str(tmp_path / "decoder_k2" / "checkpoint" / "ema.safetensors"))
+    assert all(torch.equal(shipped[k], v) for k, v in ema.items())   # the fine-tuned decoder is the model's
+    card = json.loads((Path(cfg["export"]) / "card.json").read_text())
+    assert card["training"]["stages"]["decoder:k2"]["trained"] == "decoder (the encoder frozen)"
+
+    (tmp_path / "prepare" / "case_0002.npz").rename(tmp_path / "prepare" / "case_0009.npz")
+    with pytest.raises(InputError, match="latents and the prepared cases differ"):
+        train_decoder(cfg, TrainOptions(), tmp_path, tmp_path / "decoder_again", 2)

@@ -4,7 +4,9 @@
 
 Stages (``training.loop.run_stages``; one folder each in ``run_dir``, done when its summary.json
 exists): prepare (data.py), matching, autoencoder, latents, diffusion:k<K> for every K of
-``diffusion.k_values`` (K = 0: no CT prior), unet (the NAC -> AC baseline), export (card.py).
+``diffusion.k_values`` (K = 0: no CT prior), decoder:k<K> for every K when the config has a
+``decoder`` block (the decoder fine-tuned on diffusion K's latents), unet (the NAC -> AC baseline),
+export (card.py).
 
 ``stages_from_model`` ({"model": MODEL_DIR, "stages": ["matching", "autoencoder"]}) takes those
 stages' networks from an exported model folder instead of training them (the stage's summary names
@@ -26,6 +28,9 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     def diffusion(k: int) -> Stage:
         return Stage(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
 
+    def decoder(k: int) -> Stage:
+        return Stage(f"decoder:k{k}", lambda d: stages.train_decoder(cfg, options, run_dir, d, k))
+
     reuse = cfg.get("stages_from_model") or {}
 
     def trained(name: str, fn) -> Stage:
@@ -38,6 +43,7 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
             trained("autoencoder", lambda d: stages.train_autoencoder(cfg, options, run_dir, d)),
             Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d), rank0_only=True),
             *[diffusion(int(k)) for k in cfg["diffusion"]["k_values"]],
+            *[decoder(int(k)) for k in cfg["diffusion"]["k_values"] if cfg.get("decoder")],
             Stage("unet", lambda d: stages.train_unet(cfg, options, run_dir, d)),
             Stage("export", lambda d: card.export(cfg, run_dir, command), rank0_only=True)]
 

@@ -27,7 +27,8 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
     ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": sp["autoencoder"]})
     lat = _summary(run_dir, "latents")
     stages = {s: _summary(run_dir, s) for s in ["prepare", "matching", "autoencoder", "latents", "unet"]
-              + [f"diffusion:k{k}" for k in cfg["diffusion"]["k_values"]]}
+              + [f"{s}:k{k}" for k in cfg["diffusion"]["k_values"] for s in ("diffusion", "decoder")]}
+    stages = {s: v for s, v in stages.items() if v or not s.startswith("decoder")}
     stages["prepare"] = {"cases": stages["prepare"].get("cases")}
     written = []
     default_k = int(cfg["default_k"])
@@ -36,7 +37,10 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
         if not stage_done(run_dir, stage):
             continue
         den = load_stage_nets(run_dir, stage, {"denoiser": sp[stage]})
-        nets = {**match, **ae, **den}
+        # the decoder fine-tuned on this diffusion's latents, when the run has that stage
+        own_ae = (load_stage_nets(run_dir, f"decoder:k{k}", {"autoencoder": sp["autoencoder"]})
+                  if stage_done(run_dir, f"decoder:k{k}") else ae)
+        nets = {**match, **own_ae, **den}
         folder = Path(cfg["export"]) if int(k) == default_k else run_dir / "models" / f"stmdiff-k{k}"
         card = model_card(cfg, folder.name, int(k), lat, stages, command)
         card["networks"] = {n: (sp["g1"] if n in ("g1", "g2") else sp["autoencoder"] if n == "autoencoder"

@@ -10,6 +10,11 @@
                  NAC latent) (Eq. 6), linear schedule T = 1000, L2 on the config's ``prediction``
                  target (Eq. 5: epsilon; "sample" = x0, see configs/dual_timepoint_ac.json); K = 0 is the ablation
                  without CT prior (STMDiff Fig. 5), K = 1..3 the k ablation
+    decoder:kK   (only with a ``decoder`` block) the autoencoder's decoder fine-tuned on the latents
+                 the trained diffusion K samples (``decoder.ddim_steps`` DDIM steps), L1 to the
+                 target image; the encoder stays frozen, so the condition is unchanged. The paper
+                 fine-tunes Stable Diffusion's VAE for its AC images; this adapts the decoder to the
+                 diffusion's own latents (the decoder then sees what it decodes at inference)
     unet         the NAC -> AC U-Net baseline (Table 1) in image space, the same steps and batch
 
 Batches come from batch functions ``batch_fn(step, rng)`` (the Trainer's per-step generator).
@@ -253,23 +258,13 @@ def encode_latents(cfg: dict, run_dir: Path, folder: Path) -> dict:
 
 def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
     d = cfg["diffusion"]
-    files = sorted((run_dir / "latents").glob("case_*.npz"))
-    cases = [{key: torch.from_numpy(v) if key in ("feats", "ac", "nac", "dac", "dnac") else v
-              for key, v in np.load(f).items()} for f in files]
+    cases = _latent_cases(run_dir)
     net = build_network(network_specs(cfg)[f"diffusion:k{k}"])
     diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
 
     def batch_fn(step: int, rng: np.random.Generator):
-        x0, cond = [], []
-        per = int(d["batch"]) // int(d["cases_per_batch"])
-        for ci in rng.choice(len(cases), int(d["cases_per_batch"]), replace=False):
-            c = cases[ci]
-            delayed = rng.random() < float(d.get("delayed_fraction", 0.5))
-            idx = rng.choice(c["body_d"] if delayed else c["body"], per)
-            tgt, src, tk = (("dac", "dnac", c["topk_delayed"]) if delayed else ("ac", "nac", c["topk_first"]))
-            x0.append(c[tgt][idx])
-            cond.append(build_condition(c[src][idx], c["feats"], tk[idx], k))
-        return torch.cat(x0), torch.cat(cond)
+        _, x0, cond = _pair_batch(cases, d, rng, k)
+        return x0, cond
 
     image_weight = float(d.get("image_l1_weight", 0.0))
     if image_weight > 0:
@@ -300,6 +295,64 @@ def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Pat
     trainer, summary = fit_stage(cfg, options, folder, {"denoiser": net}, d, loss_fn, batch_fn,
                                  float(d.get("ema_decay", 0.999)))
     return summary | {"k": k} | ({"image_l1_weight": image_weight} if image_weight > 0 else {})
+
+
+def _latent_cases(run_dir: Path) -> list[dict]:
+    files = sorted((run_dir / "latents").glob("case_*.npz"))
+    return [{key: torch.from_numpy(v) if key in ("feats", "ac", "nac", "dac", "dnac") else v
+             for key, v in np.load(f).items()} for f in files]
+
+
+def _pair_batch(cases: list[dict], d: dict, rng: np.random.Generator, k: int):
+    """(names of the latent cases, slice indices, delayed?, the latent targets x0 [B, C, h, w],
+    the conditions [B, *, h, w]) of one diffusion batch: ``d["cases_per_batch"]`` cases, first or
+    delayed scan (``delayed_fraction``), body slices."""
+    x0, cond, picks = [], [], []
+    per = int(d["batch"]) // int(d["cases_per_batch"])
+    for ci in rng.choice(len(cases), int(d["cases_per_batch"]), replace=False):
+        c = cases[ci]
+        delayed = rng.random() < float(d.get("delayed_fraction", 0.5))
+        idx = rng.choice(c["body_d"] if delayed else c["body"], per)
+        tgt, src, tk = (("dac", "dnac", c["topk_delayed"]) if delayed else ("ac", "nac", c["topk_first"]))
+        x0.append(c[tgt][idx])
+        cond.append(build_condition(c[src][idx], c["feats"], tk[idx], k))
+        picks.append((int(ci), idx, tgt))
+    return picks, torch.cat(x0), torch.cat(cond)
+
+
+def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
+    """The autoencoder's decoder fine-tuned on what diffusion ``k`` samples (module docstring)."""
+    b, d = cfg["decoder"], cfg["diffusion"]
+    spec = network_specs(cfg)
+    ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": spec["autoencoder"]})["autoencoder"]
+    ae.train().enc.requires_grad_(False)
+    denoiser = load_stage_nets(run_dir, f"diffusion:k{k}", {"denoiser": spec[f"diffusion:k{k}"]})["denoiser"]
+    denoiser.requires_grad_(False)
+    latents = _latent_cases(run_dir)
+    images = load_cases(run_dir / "prepare")
+    if [c["name"] for c in images] != [f.stem for f in sorted((run_dir / "latents").glob("case_*.npz"))]:
+        raise InputError("decoder: the latents and the prepared cases differ; rerun the latents stage", run_dir)
+    scale = float(json.loads((run_dir / "latents" / "summary.json").read_text())["latent_scale"])
+    diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
+    ddim_steps = int(b.get("ddim_steps", cfg.get("default_steps", 2)))
+    block = {"batch": int(b.get("batch", d["batch"])), "cases_per_batch": int(d["cases_per_batch"]),
+             "delayed_fraction": d.get("delayed_fraction", 0.5)}
+
+    @torch.no_grad()
+    def batch_fn(step: int, rng: np.random.Generator):
+        picks, x0, cond = _pair_batch(latents, block, rng, k)
+        z = diff.sample(denoiser, cond, steps=ddim_steps, sampler="ddim", seed=int(rng.integers(2 ** 31)),
+                        shape=tuple(x0.shape), eta=0.0).samples[0]
+        target = np.concatenate([images[ci][key][idx] for ci, idx, key in picks])
+        return z / scale, torch.from_numpy(target)[:, None]
+
+    def loss_fn(batch, networks):
+        z, target = batch
+        return F.l1_loss(networks["autoencoder"].decode(z), target), {}
+
+    trainer, summary = fit_stage(cfg, options, folder, {"autoencoder": ae}, b, loss_fn, batch_fn,
+                                 float(b.get("ema_decay", 0.999)))
+    return summary | {"k": k, "ddim_steps": ddim_steps, "trained": "decoder (the encoder frozen)"}
 
 
 def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
