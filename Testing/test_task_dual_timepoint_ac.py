@@ -412,6 +412,24 @@ def test_a_stage_continued_from_an_earlier_run_starts_from_its_ema_weights_and_d
         init_from_run({"unet": net}, tmp_path / "earlier", "diffusion_k2")
 
 
+def _fake_latent_stage(run_dir: Path, cfg: dict, images: bool = False) -> None:
+    """A latents stage of 3 random cases (6 slices, 8 x 8 latents, top-3 = slices 0-2) and, with
+    ``images``, their prepared 32 x 32 AC slices (the targets the decoder stage reads)."""
+    (run_dir / "latents").mkdir()
+    (run_dir / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
+    (run_dir / "prepare").mkdir(exist_ok=True)
+    lc, fc = cfg["autoencoder"]["latent_channels"], cfg["matching"]["feature_channels"]
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        lat = {key: rng.standard_normal((6, lc, 8, 8)).astype(np.float32) for key in ("ac", "nac", "dac", "dnac")}
+        np.savez(run_dir / "latents" / f"case_{c:04d}.npz", feats=rng.standard_normal((6, fc, 8, 8)).astype(np.float32),
+                 topk_first=np.tile(np.arange(3), (6, 1)), topk_delayed=np.tile(np.arange(3), (6, 1)),
+                 body=np.arange(6), body_d=np.arange(6), **lat)
+        if images:
+            np.savez(run_dir / "prepare" / f"case_{c:04d}.npz",
+                     **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac")})
+
+
 def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoencoder(tmp_path):
     from safetensors.torch import save_file
 
@@ -427,15 +445,7 @@ def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoenco
     (tmp_path / "autoencoder" / "checkpoint").mkdir(parents=True)
     ae_path = tmp_path / "autoencoder" / "checkpoint" / "ema.safetensors"
     save_file({f"autoencoder.{k}": v.contiguous() for k, v in ae.state_dict().items()}, str(ae_path))
-    (tmp_path / "latents").mkdir()
-    (tmp_path / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
-    lc, fc = cfg["autoencoder"]["latent_channels"], cfg["matching"]["feature_channels"]
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        lat = {key: rng.standard_normal((6, lc, 8, 8)).astype(np.float32) for key in ("ac", "nac", "dac", "dnac")}
-        np.savez(tmp_path / "latents" / f"case_{c:04d}.npz", feats=rng.standard_normal((6, fc, 8, 8)).astype(np.float32),
-                 topk_first=np.tile(np.arange(3), (6, 1)), topk_delayed=np.tile(np.arange(3), (6, 1)),
-                 body=np.arange(6), body_d=np.arange(6), **lat)
+    _fake_latent_stage(tmp_path, cfg)
     folder = tmp_path / "diffusion_k2"
     summary = train_diffusion(cfg, TrainOptions(), tmp_path, folder, 2)
     assert summary["steps"] == 3 and summary["image_l1_weight"] == 1.0
@@ -468,18 +478,7 @@ def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents
         save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
                   str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
         (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 1}))
-    (tmp_path / "latents").mkdir()
-    (tmp_path / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
-    (tmp_path / "prepare").mkdir()
-    lc, fc = cfg["autoencoder"]["latent_channels"], cfg["matching"]["feature_channels"]
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        lat = {key: rng.standard_normal((6, lc, 8, 8)).astype(np.float32) for key in ("ac", "nac", "dac", "dnac")}
-        np.savez(tmp_path / "latents" / f"case_{c:04d}.npz", feats=rng.standard_normal((6, fc, 8, 8)).astype(np.float32),
-                 topk_first=np.tile(np.arange(3), (6, 1)), topk_delayed=np.tile(np.arange(3), (6, 1)),
-                 body=np.arange(6), body_d=np.arange(6), **lat)
-        np.savez(tmp_path / "prepare" / f"case_{c:04d}.npz",
-                 **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac")})
+    _fake_latent_stage(tmp_path, cfg, images=True)
     summary = train_decoder(cfg, TrainOptions(), tmp_path, tmp_path / "decoder_k2", 2)
     assert summary["steps"] == 4 and summary["k"] == 2 and summary["ddim_steps"] == 2
     before = stage_nets["autoencoder"]["autoencoder"].state_dict()
