@@ -298,15 +298,16 @@ def train_diffusion(cfg: dict, options: TrainOptions, run_dir: Path, folder: Pat
 
 
 def _latent_cases(run_dir: Path) -> list[dict]:
+    """The latents stage's cases (tensors for the latents and CT features), each with its ``name``."""
     files = sorted((run_dir / "latents").glob("case_*.npz"))
     return [{key: torch.from_numpy(v) if key in ("feats", "ac", "nac", "dac", "dnac") else v
-             for key, v in np.load(f).items()} for f in files]
+             for key, v in np.load(f).items()} | {"name": f.stem} for f in files]
 
 
 def _pair_batch(cases: list[dict], d: dict, rng: np.random.Generator, k: int):
-    """(names of the latent cases, slice indices, delayed?, the latent targets x0 [B, C, h, w],
-    the conditions [B, *, h, w]) of one diffusion batch: ``d["cases_per_batch"]`` cases, first or
-    delayed scan (``delayed_fraction``), body slices."""
+    """(picks, the latent targets x0 [B, C, h, w], the conditions [B, *, h, w]) of one diffusion
+    batch: ``d["cases_per_batch"]`` cases, first or delayed scan (``delayed_fraction``), body
+    slices; picks = [(case index, slice indices, target key "ac" | "dac")] per case, in batch order."""
     x0, cond, picks = [], [], []
     per = int(d["batch"]) // int(d["cases_per_batch"])
     for ci in rng.choice(len(cases), int(d["cases_per_batch"]), replace=False):
@@ -330,7 +331,7 @@ def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path,
     denoiser.requires_grad_(False)
     latents = _latent_cases(run_dir)
     images = load_cases(run_dir / "prepare")
-    if [c["name"] for c in images] != [f.stem for f in sorted((run_dir / "latents").glob("case_*.npz"))]:
+    if [c["name"] for c in images] != [c["name"] for c in latents]:
         raise InputError("decoder: the latents and the prepared cases differ; rerun the latents stage", run_dir)
     scale = float(json.loads((run_dir / "latents" / "summary.json").read_text())["latent_scale"])
     diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
