@@ -50,6 +50,7 @@ class DemographicsSynthesisParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     steps: Annotated[int, WithinRange(1, 200)] = 18
     srSteps: Annotated[int, WithinRange(0, 200)] = 6
+    churn: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     allowOutOfRange: bool = False
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     modelPath: str = ""   # a model folder of one's own; empty = the shipped model
@@ -85,7 +86,7 @@ class DemographicsSynthesisLogic(ScriptedLoadableModuleLogic, TaskLogic):
     input_roles = ()
     reference_role = None
     # task parameter -> parameter node field
-    parameter_fields = {"age": "age", "sex": "sex", "height": "height", "weight": "weight", "seed": "seed", "steps": "steps", "sr_steps": "srSteps", "allow_out_of_range": "allowOutOfRange"}
+    parameter_fields = {"age": "age", "sex": "sex", "height": "height", "weight": "weight", "seed": "seed", "steps": "steps", "sr_steps": "srSteps", "churn": "churn", "allow_out_of_range": "allowOutOfRange"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -349,3 +349,24 @@ def test_bspline_upsampling_matches_scipy_cubic_zoom():
     np.testing.assert_allclose(bspline_upsample(x, 1).numpy(), x.numpy(), atol=2e-5)
     with pytest.raises(ValueError, match="factor"):
         bspline_upsample(x, 2.5)
+
+
+def test_churn_reaches_stage_one_in_the_task_and_the_evaluation_and_zero_is_the_deterministic_sampler(tmp_path, tiny):
+    from PETDiffusionLib.methods.totalgen.synthesis import demographic_vector, sample_global_batch
+    from PETDiffusionLib.tasks.synthesize.evaluate import acceptance
+    nets, _ = load_model(tiny["model"], "cpu")
+    demos = [demographic_vector(58.0, "M", 177.0, 83.0)]
+    zero, churned = (sample_global_batch(nets["global"], demos, 4, 5, c) for c in (0.0, 40.0))
+    plain = sample_global_batch(nets["global"], demos, 4, 5)
+    assert torch.equal(plain, zero) and not torch.allclose(plain, churned)
+    assert torch.equal(churned, sample_global_batch(nets["global"], demos, 4, 5, 40.0))  # seeded noise
+    one = synthesize(nets, 58.0, "M", 177.0, 83.0, steps=4, sr_steps=0, seed=5, s_churn=40.0)
+    assert np.array_equal(one.lr_unit, ((sample_global(nets["global"], demos[0], 4, 5, 40.0) + 1) / 2).numpy())
+
+    params = {**FAST, "sr_steps": 0, "seed": 3, "churn": 40.0}
+    run_task("synthesize", {}, params, tmp_path / "out", model_path=str(tiny["model"]))
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["extra"]["churn"] == 40.0
+    with pytest.raises(InputError, match="churn"):
+        run_task("synthesize", {}, {**params, "churn": -1.0}, tmp_path / "bad", model_path=str(tiny["model"]))
+    a0, a40 = (acceptance(nets, 2, 0, 1, 0, churn=c) for c in (0.0, 40.0))
+    assert a0["M"]["per_seed"] != a40["M"]["per_seed"]

@@ -184,13 +184,15 @@ def organ_map(lr_organs_unit: torch.Tensor, ct_hu: np.ndarray, encoding: str = "
 
 
 @torch.no_grad()
-def sample_global_batch(net, demos: list[list[float]], steps: int, seed: int) -> torch.Tensor:
+def sample_global_batch(net, demos: list[list[float]], steps: int, seed: int, s_churn: float = 0.0
+                        ) -> torch.Tensor:
     """Stage 1 for many subjects in one batch ([B, C, *LR_SHAPE], 2u - 1): the noise of all of
     them comes from one generator seeded with ``seed`` (evaluation; a single run uses
-    :func:`sample_global`)."""
+    :func:`sample_global`); ``s_churn`` as in :func:`sample_global`."""
     cond = demographic_channels(torch.tensor(demos, dtype=torch.float32), LR_SHAPE).to(_device(net))
     n = 2 + len(ORGAN_CHANNELS)
-    res = EDM().sample(net, shape=(len(demos), n, *LR_SHAPE), cond=cond, steps=steps, seed=seed)
+    res = EDM().sample(net, shape=(len(demos), n, *LR_SHAPE), cond=cond, steps=steps, seed=seed,
+                       s_churn=s_churn)
     return _from_standard(net, res.samples[0]).clamp(-1.0, 1.0)
 
 

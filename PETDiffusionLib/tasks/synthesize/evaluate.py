@@ -35,7 +35,7 @@ from PETDiffusionLib.methods.totalgen.synthesis import (SR_OVERLAP, SR_WINDOW, b
                                                         sample_global_batch, sr_condition)
 from PETDiffusionLib.models.registry import resolve_model
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
-from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_SR_STEPS, DEFAULT_STEPS
+from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_CHURN, DEFAULT_SR_STEPS, DEFAULT_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ RESPONSE_HEIGHTS_CM = (162.0, 177.0, 192.0)  # male, 58 y, at BMI 26.5
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="stage-1 Heun steps")
+    p.add_argument("--churn", type=float, default=DEFAULT_CHURN,
+                   help="stage-1 S_churn (Karras et al. 2022 Algorithm 2; 0: the deterministic sampler)")
     p.add_argument("--sr-steps", type=int, default=DEFAULT_SR_STEPS,
                    help="stage-2 steps of the acceptance subjects")
     p.add_argument("--table-sr-steps", type=int, default=0,
@@ -94,13 +96,13 @@ def _jsonable(summary: dict) -> dict:
 
 
 def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int,
-           encoding: str = "indicator") -> dict:
+           encoding: str = "indicator", churn: float = 0.0) -> dict:
     """Synthetic vs held-out population vs AutoPET, by sex."""
     demos = [demographic_vector(i["demographics"]["age"], i["demographics"]["sex"],
                                 i["demographics"]["height_cm"], i["demographics"]["weight_kg"])
              for i in infos]
     t0 = time.monotonic()
-    lr = sample_global_batch(nets["global"], demos, steps, seed)
+    lr = sample_global_batch(nets["global"], demos, steps, seed, churn)
     t_stage1 = time.monotonic() - t0
     synth = []
     for k, info in enumerate(infos):
@@ -120,14 +122,14 @@ def table1(nets: dict, infos: list[dict], steps: int, sr_steps: int, seed: int,
 
 
 def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0,
-               encoding: str = "indicator") -> dict:
+               encoding: str = "indicator", churn: float = 0.0) -> dict:
     """Both acceptance subjects x ``seeds`` stage-1 samples (one batch: each sample its own noise
     draw), then stage 2 with ``sr_steps`` per sample."""
     order = [(sex, k) for sex in ACCEPTANCE for k in range(seeds)]
     demos = [demographic_vector(ACCEPTANCE[sex][0], sex, ACCEPTANCE[sex][1], ACCEPTANCE[sex][2])
              for sex, _ in order]
     t0 = time.monotonic()
-    lr = sample_global_batch(nets["global"], demos, steps, seed)
+    lr = sample_global_batch(nets["global"], demos, steps, seed, churn)
     t_stage1 = (time.monotonic() - t0) / len(order)
     out = {}
     for sex, (age, h, w) in ACCEPTANCE.items():
@@ -163,10 +165,10 @@ def acceptance(nets: dict, steps: int, sr_steps: int, seeds: int, seed: int = 0,
     return out
 
 
-def response(nets: dict, steps: int, seeds: int) -> dict:
+def response(nets: dict, steps: int, seeds: int, churn: float = 0.0) -> dict:
     """Fat volume against weight and trunk length against height (male, 58 y), stage 1 + upsampling."""
     def run(demos):
-        lr = sample_global_batch(nets["global"], demos, steps, 0)
+        lr = sample_global_batch(nets["global"], demos, steps, 0, churn)
         return [body_figures(finish(nets, lr[k], demos[k], 0, 1).ct_hu) for k in range(len(demos))]
     wd = [demographic_vector(58.0, "M", 177.0, w) for w in RESPONSE_WEIGHTS_KG for _ in range(seeds)]
     bmi = 83.0 / 1.77 ** 2
@@ -262,19 +264,20 @@ def evaluate(args) -> str:
         infos = infos[:args.max_subjects]
     t0 = time.monotonic()
     result = {"model": card["id"], "version": card.get("version"), "cohort": str(args.cohort),
-              "steps": args.steps, "sr_steps": args.sr_steps, "table_sr_steps": args.table_sr_steps}
+              "steps": args.steps, "sr_steps": args.sr_steps, "table_sr_steps": args.table_sr_steps,
+              "churn": args.churn}
     if Path(args.train_cohort).is_dir():
         result["training_population"] = population_summary(Path(args.train_cohort))
     log.info("Table 1 over %d held-out subjects", len(infos))
     encoding = organ_encoding(card)
     result["organ_encoding"] = encoding
-    result["table1"] = table1(nets, infos, args.steps, args.table_sr_steps, args.seed, encoding)
+    result["table1"] = table1(nets, infos, args.steps, args.table_sr_steps, args.seed, encoding, args.churn)
     result["decoding_ceiling"] = decoding_ceiling(Path(args.cohort), encoding)
     log.info("acceptance demographics, %d seeds", args.seeds)
     result["acceptance"] = acceptance(nets, args.steps, args.sr_steps, args.seeds, args.seed,
-                                      encoding)
+                                      encoding, args.churn)
     if not args.no_response:
-        result["response"] = response(nets, args.steps, 2)
+        result["response"] = response(nets, args.steps, 2, args.churn)
     result["seams"] = seam_check(nets, args.steps)
     result["seconds"] = round(time.monotonic() - t0, 1)
     if args.out:
@@ -283,7 +286,7 @@ def evaluate(args) -> str:
     if args.write_card:
         record_evaluation(Path(args.model) if args.model else resolve_model(card["id"]), result,
                           f"petdiffusion evaluate synthesize --cohort {args.cohort} --steps "
-                          f"{args.steps} --sr-steps {args.sr_steps} --seeds {args.seeds}")
+                          f"{args.steps} --sr-steps {args.sr_steps} --seeds {args.seeds} --churn {args.churn:g}")
     return format_result(result)
 
 
@@ -299,7 +302,8 @@ def record_evaluation(model_folder: Path, result: dict, command: str) -> dict:
 
 
 def format_result(r: dict) -> str:
-    lines = [f"synthesize evaluation: model {r['model']} {r['version']}, {r['steps']} stage-1 steps"]
+    lines = [f"synthesize evaluation: model {r['model']} {r['version']}, {r['steps']} stage-1 steps, "
+             f"churn {r.get('churn', 0.0):g}"]
     for sex, t in r["table1"]["by_sex"].items():
         lines.append(f"Table 1, {sex} (n = {t['n']}): synthetic | held-out population | AutoPET (mean ± SD)")
         for key in t["autopet"]:

@@ -25,7 +25,7 @@ from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, box_image
 from PETDiffusionLib.models.registry import load_model_folder
 from PETDiffusionLib.report.pdf import make_report
 from PETDiffusionLib.tasks.base import RunContext
-from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_SR_STEPS, MIN_SR_STEPS, MODEL_ID, SPEC
+from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_CHURN, DEFAULT_SR_STEPS, MIN_SR_STEPS, MODEL_ID, SPEC
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def predict(images: dict[str, sitk.Image], params: dict, model: tuple[dict, dict
     seed = int(params["seed"])
     torch.manual_seed(seed)
     res = synthesize(networks, age, sex, height, weight, int(params["steps"]),
-                     int(params["sr_steps"]), seed,
+                     int(params["sr_steps"]), seed, s_churn=float(params.get("churn", DEFAULT_CHURN)),
                      progress=ctx.progress.sub(0.05, 0.85, "synthesize"),
                      encoding=organ_encoding(card))
     ctx.manifest_extra.update({
@@ -100,6 +100,7 @@ def report(images: dict[str, sitk.Image], outputs: dict[str, sitk.Image], params
     age, sex, height, weight = demographics(params)
     extra = {"demographics": f"{sex}, {age:g} y, {height:g} cm, {weight:g} kg",
              "steps": int(params["steps"]), "sr_steps": int(params["sr_steps"]),
+             "churn": float(params.get("churn", DEFAULT_CHURN)),
              "seed": int(params["seed"]),
              "note": "SYNTHETIC subject generated from demographics; research model, not for "
                      "diagnosis"}

@@ -8,6 +8,9 @@ MODEL_ID = "totalgen-phantom-16mm"
 DEFAULT_STEPS = 18
 """Stage-1 Heun steps (Karras et al. 2022 Table 1: 18 for EDM; TotalGen §3 used 35), chosen for
 this CPU; the model card's evaluation records the figures at 18 and 35."""
+DEFAULT_CHURN = 0.0
+"""Stage-1 S_churn of Karras et al. 2022 Algorithm 2 (0: the deterministic Algorithm 1; the noise
+added back at each step is gamma = min(S_churn / steps, sqrt(2) - 1) of the current level)."""
 DEFAULT_SR_STEPS = 6
 """Stage-2 Heun steps (TotalGen §3 used 100): the residual is small next to the upsampled volume,
 and 6 steps keep one subject under the 5-minute budget of issue 17 on this 2-core CPU."""
@@ -39,6 +42,8 @@ SPEC = TaskSpec(
                   "device: same output)", minimum=0),
         Parameter("steps", int, DEFAULT_STEPS, "stage-1 (global) Heun sampling steps",
                   minimum=1, maximum=200),
+        Parameter("churn", float, DEFAULT_CHURN, "stage-1 stochasticity S_churn (Karras et al. "
+                  "2022 Algorithm 2); 0 = deterministic sampling", minimum=0.0, maximum=100.0),
         Parameter("sr_steps", int, DEFAULT_SR_STEPS, "stage-2 (super-resolution) Heun steps; 0 = "
                   "linear upsampling of the 16 mm volume only; otherwise at least MIN_SR_STEPS (6)",
                   minimum=0, maximum=200),
