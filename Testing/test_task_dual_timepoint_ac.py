@@ -414,7 +414,7 @@ def test_a_stage_continued_from_an_earlier_run_starts_from_its_ema_weights_and_d
 
 def _fake_latent_stage(run_dir: Path, cfg: dict, images: bool = False) -> None:
     """A latents stage of 3 random cases (6 slices, 8 x 8 latents, top-3 = slices 0-2) and, with
-    ``images``, their prepared 32 x 32 AC slices (the targets the decoder stage reads)."""
+    ``images``, their prepared 32 x 32 AC and NAC slices (what the decoder and detail stages read)."""
     (run_dir / "latents").mkdir()
     (run_dir / "latents" / "summary.json").write_text(json.dumps({"latent_scale": 1.25}))
     (run_dir / "prepare").mkdir(exist_ok=True)
@@ -427,7 +427,7 @@ def _fake_latent_stage(run_dir: Path, cfg: dict, images: bool = False) -> None:
                  body=np.arange(6), body_d=np.arange(6), **lat)
         if images:
             np.savez(run_dir / "prepare" / f"case_{c:04d}.npz",
-                     **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac")})
+                     **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac", "nac", "dnac")})
 
 
 def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoencoder(tmp_path):
@@ -500,3 +500,52 @@ def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents
     (tmp_path / "prepare" / "case_0002.npz").rename(tmp_path / "prepare" / "case_0009.npz")
     with pytest.raises(InputError, match="latents and the prepared cases differ"):
         train_decoder(cfg, TrainOptions(), tmp_path, tmp_path / "decoder_again", 2)
+
+
+def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_and_the_model_applies_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct
+    from PETDiffusionLib.models.registry import load_model_folder
+    from PETDiffusionLib.training.loop import TrainOptions
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import train_detail
+    cfg = json.loads(CONFIG.read_text())
+    cfg["threads"], cfg["trainer"] = 1, {"progress_bar": False, "log_every": 1}
+    cfg["diffusion"].update(channels=8, batch=4, cases_per_batch=2, k_values=[2], prediction="sample")
+    cfg["detail"] = {"steps": 5, "lr": 1e-2, "batch": 4, "ddim_steps": 2, "channels": 4, "blocks": 1}
+    cfg["export"] = str(tmp_path / "export" / "stmdiff-tiny")
+    sp = network_specs(cfg)
+    head = build_network(sp["detail"])
+    x, nac = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    assert torch.equal(head(x, nac), x)                  # the zero last convolution: the identity at start
+    torch.manual_seed(0)
+    stage_nets = {"autoencoder": {"autoencoder": build_network(sp["autoencoder"])},
+                  "diffusion_k2": {"denoiser": build_network(sp["diffusion:k2"])},
+                  "matching": {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"])}}
+    for stage, nets in stage_nets.items():
+        (tmp_path / stage / "checkpoint").mkdir(parents=True)
+        save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
+                  str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
+        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 1}))
+    _fake_latent_stage(tmp_path, cfg, images=True)
+    summary = train_detail(cfg, TrainOptions(), tmp_path, tmp_path / "detail_k2", 2)
+    assert summary["steps"] == 5 and summary["decoder_from"] == "autoencoder"  # no decoder:k2 stage here
+    trained = load_file(str(tmp_path / "detail_k2" / "checkpoint" / "weights.safetensors"))
+    assert set(trained) == {f"detail.{k}" for k in head.state_dict()}   # the head alone is trained
+    assert trained["detail.out.weight"].abs().sum() > 0
+    (tmp_path / "detail_k2" / "summary.json").write_text(json.dumps(summary))
+
+    recipe_card.export(cfg, tmp_path, "test")
+    networks, card = load_model_folder(Path(cfg["export"]))
+    assert card["networks"]["detail"] == sp["detail"] and "detail" in networks
+    ema = load_file(str(tmp_path / "detail_k2" / "checkpoint" / "ema.safetensors"))
+    for k, v in networks["detail"].state_dict().items():
+        assert torch.equal(v, ema[f"detail.{k}"])
+    rng = np.random.default_rng(1)
+    nac_net, ct_net = (rng.uniform(-1, 1, (4, 32, 32)).astype(np.float32) for _ in range(2))
+    with_head = attenuation_correct(networks, card, nac_net, ct_net, k=2, steps=2)["samples"]
+    without = attenuation_correct({n: v for n, v in networks.items() if n != "detail"}, card, nac_net, ct_net,
+                                  k=2, steps=2)["samples"]
+    refined = networks["detail"](torch.from_numpy(without[0])[:, None], torch.from_numpy(nac_net)[:, None])
+    assert not np.allclose(with_head, without)
+    np.testing.assert_allclose(with_head[0], refined[:, 0].detach().numpy(), atol=1e-5)

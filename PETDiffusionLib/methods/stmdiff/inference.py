@@ -91,5 +91,9 @@ def attenuation_correct(networks: dict, card: dict, nac_net: np.ndarray, ct_net:
     res = diff.sample(networks["denoiser"], cond, steps=steps, sampler="ddim", seed=seed,
                       n_samples=samples, shape=tuple(e_nac.shape), eta=0.0, progress=sub)
     report(0.85, "decoding")
-    dec = torch.stack([run_slicewise(ae.decode, s / scale, SLICE_BATCH)[:, 0] for s in res.samples])
+    dec = [run_slicewise(ae.decode, s / scale, SLICE_BATCH) for s in res.samples]
+    if "detail" in networks:  # the NAC-guided refinement (networks.DetailHead), when the model has one
+        nac = _slices(nac_net, dev)
+        dec = [run_slicewise(networks["detail"], (d, nac), SLICE_BATCH) for d in dec]
+    dec = torch.stack([d[:, 0] for d in dec])
     return {"samples": dec.cpu().numpy(), "topk": topk, "similarity": sim}

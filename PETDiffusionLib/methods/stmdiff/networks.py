@@ -9,6 +9,10 @@ model card rebuilds them through ``models.card.build_network``).
   Stable Diffusion's f = 8 VAE, which cannot be downloaded.
 - :class:`LatentDenoiser`: the epsilon network on the latent grid, input cat(x_t, c) with
   c = cat(G2 features of the top-k CT slices, NAC latent) (Eq. 6).
+- :class:`DetailHead`: not in the paper. A residual refinement of the decoded AC slice from the NAC
+  slice at full resolution. The NAC and the AC image are reconstructed from the same counts, so their
+  noise textures coincide; a latent of 1/4 resolution cannot carry that texture, and this head puts it
+  back (its last convolution starts at zero, so it starts as the identity).
 """
 from __future__ import annotations
 
@@ -119,6 +123,21 @@ class LatentDenoiser(nn.Module):
         return self.out(self.u2(h, temb))
 
 
+class DetailHead(nn.Module):
+    """(decoded AC [B, 1, H, W], NAC [B, 1, H, W]) -> decoded + r(decoded, NAC) (module docstring)."""
+
+    def __init__(self, channels: int = 16, blocks: int = 2):
+        super().__init__()
+        self.inp = nn.Conv2d(2, channels, 3, 1, 1)
+        self.body = nn.Sequential(*[ResBlock(channels, channels) for _ in range(int(blocks))])
+        self.out = nn.Conv2d(channels, 1, 3, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, decoded: torch.Tensor, nac: torch.Tensor) -> torch.Tensor:
+        return decoded + self.out(self.body(F.silu(self.inp(torch.cat([decoded, nac], 1)))))
+
+
 def encoder_spec(width: int = 12, dim: int = 64, feature_channels: int = 8, contour_size: int = 16) -> dict:
     return {"class": f"{PACKAGE}.SliceEncoder",
             "args": {"width": width, "dim": dim, "feature_channels": feature_channels,
@@ -135,6 +154,10 @@ def denoiser_spec(latent_channels: int, feature_channels: int, k: int, channels:
     return {"class": f"{PACKAGE}.LatentDenoiser",
             "args": {"in_channels": 2 * latent_channels + k * feature_channels,
                      "out_channels": latent_channels, "channels": channels}}
+
+
+def detail_spec(channels: int = 16, blocks: int = 2) -> dict:
+    return {"class": f"{PACKAGE}.DetailHead", "args": {"channels": int(channels), "blocks": int(blocks)}}
 
 
 def unet_spec(features=(8, 16, 32, 32, 64, 8)) -> dict:

@@ -5,7 +5,8 @@
 Stages (``training.loop.run_stages``; one folder each in ``run_dir``, done when its summary.json
 exists): prepare (data.py), matching, autoencoder, latents, diffusion:k<K> for every K of
 ``diffusion.k_values`` (K = 0: no CT prior), decoder:k<K> for every K when the config has a
-``decoder`` block (the decoder fine-tuned on diffusion K's latents), unet (the NAC -> AC baseline),
+``decoder`` block (the decoder fine-tuned on diffusion K's latents), detail:k<K> for every K when
+it has a ``detail`` block (the NAC-guided refinement head, networks.DetailHead), unet (the NAC -> AC baseline),
 export (card.py).
 
 ``stages_from_model`` ({"model": MODEL_DIR, "stages": ["matching", "autoencoder"]}) takes those
@@ -31,6 +32,9 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     def decoder(k: int) -> Stage:
         return Stage(f"decoder:k{k}", lambda d: stages.train_decoder(cfg, options, run_dir, d, k))
 
+    def detail(k: int) -> Stage:
+        return Stage(f"detail:k{k}", lambda d: stages.train_detail(cfg, options, run_dir, d, k))
+
     reuse = cfg.get("stages_from_model") or {}
 
     def trained(name: str, fn) -> Stage:
@@ -44,6 +48,7 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
             Stage("latents", lambda d: stages.encode_latents(cfg, run_dir, d), rank0_only=True),
             *[diffusion(int(k)) for k in cfg["diffusion"]["k_values"]],
             *[decoder(int(k)) for k in cfg["diffusion"]["k_values"] if cfg.get("decoder")],
+            *[detail(int(k)) for k in cfg["diffusion"]["k_values"] if cfg.get("detail")],
             Stage("unet", lambda d: stages.train_unet(cfg, options, run_dir, d)),
             Stage("export", lambda d: card.export(cfg, run_dir, command), rank0_only=True)]
 

@@ -27,8 +27,8 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
     ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": sp["autoencoder"]})
     lat = _summary(run_dir, "latents")
     stages = {s: _summary(run_dir, s) for s in ["prepare", "matching", "autoencoder", "latents", "unet"]
-              + [f"{s}:k{k}" for k in cfg["diffusion"]["k_values"] for s in ("diffusion", "decoder")]}
-    stages = {s: v for s, v in stages.items() if v or not s.startswith("decoder")}
+              + [f"{s}:k{k}" for k in cfg["diffusion"]["k_values"] for s in ("diffusion", "decoder", "detail")]}
+    stages = {s: v for s, v in stages.items() if v or not s.startswith(("decoder", "detail"))}
     stages["prepare"] = {"cases": stages["prepare"].get("cases")}
     written = []
     default_k = int(cfg["default_k"])
@@ -41,9 +41,15 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
         own_ae = (load_stage_nets(run_dir, f"decoder:k{k}", {"autoencoder": sp["autoencoder"]})
                   if stage_done(run_dir, f"decoder:k{k}") else ae)
         nets = {**match, **own_ae, **den}
+        if stage_done(run_dir, f"detail:k{k}"):  # the NAC-guided refinement head of this diffusion
+            nets |= load_stage_nets(run_dir, f"detail:k{k}", {"detail": sp["detail"]})
         folder = Path(cfg["export"]) if int(k) == default_k else run_dir / "models" / f"stmdiff-k{k}"
         card = model_card(cfg, folder.name, int(k), lat, stages, command)
-        card["networks"] = {n: (sp["g1"] if n in ("g1", "g2") else sp["autoencoder"] if n == "autoencoder"
+        if "detail" in nets:
+            card["detail_head"] = ("not in the paper: networks.DetailHead refines each decoded slice from "
+                                   "the NAC slice at full resolution (the NAC and AC images share the "
+                                   "counts, so their noise texture; the 1/4-resolution latent loses it)")
+        card["networks"] = {n: (sp["g1"] if n in ("g1", "g2") else sp[n] if n in ("autoencoder", "detail")
                                 else sp[stage]) for n in nets}
         save_model_folder(folder, nets, card)
         written.append(str(folder))

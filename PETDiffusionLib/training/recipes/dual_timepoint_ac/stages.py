@@ -15,6 +15,10 @@
                  target image; the encoder stays frozen, so the condition is unchanged. The paper
                  fine-tunes Stable Diffusion's VAE for its AC images; this adapts the decoder to the
                  diffusion's own latents (the decoder then sees what it decodes at inference)
+    detail:kK    (only with a ``detail`` block; not in the paper) networks.DetailHead trained on
+                 the images diffusion K's samples decode to (by decoder:kK when the run has it),
+                 with the NAC slice as a second input, L1 to the target image; the decoder and
+                 the diffusion stay frozen
     unet         the NAC -> AC U-Net baseline (Table 1) in image space, the same steps and batch
 
 Batches come from batch functions ``batch_fn(step, rng)`` (the Trainer's per-step generator).
@@ -37,10 +41,10 @@ from PETDiffusionLib.diffusion.ddpm import ConditionalDiffusion
 from PETDiffusionLib.errors import InputError
 from PETDiffusionLib.methods.stmdiff.inference import build_condition, ct_features, slice_similarity, top_k
 from PETDiffusionLib.methods.stmdiff.losses import TAU, contour_dice, matching_infonce
-from PETDiffusionLib.methods.stmdiff.networks import (autoencoder_spec, denoiser_spec, encoder_spec,
-                                                      unet_spec)
+from PETDiffusionLib.methods.stmdiff.networks import (autoencoder_spec, denoiser_spec, detail_spec,
+                                                      encoder_spec, unet_spec)
 from PETDiffusionLib.models.card import build_network
-from PETDiffusionLib.training.loop import StepInfo, TrainConfig, Trainer, TrainOptions
+from PETDiffusionLib.training.loop import StepInfo, TrainConfig, Trainer, TrainOptions, stage_done
 from PETDiffusionLib.training.recipes.dual_timepoint_ac.data import body_slices, load_cases
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ def network_specs(cfg: dict) -> dict[str, dict]:
            "unet": unet_spec(cfg["unet"]["features"])}
     for k in cfg["diffusion"]["k_values"]:
         out[f"diffusion:k{k}"] = denoiser_spec(ae["latent_channels"], m["feature_channels"], k, df["channels"])
+    if cfg.get("detail"):
+        out["detail"] = detail_spec(cfg["detail"].get("channels", 16), cfg["detail"].get("blocks", 2))
     return out
 
 
@@ -321,39 +327,76 @@ def _pair_batch(cases: list[dict], d: dict, rng: np.random.Generator, k: int):
     return picks, torch.cat(x0), torch.cat(cond)
 
 
-def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
-    """The autoencoder's decoder fine-tuned on what diffusion ``k`` samples (module docstring)."""
-    b, d = cfg["decoder"], cfg["diffusion"]
-    spec = network_specs(cfg)
-    ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": spec["autoencoder"]})["autoencoder"]
-    ae.train().enc.requires_grad_(False)
-    denoiser = load_stage_nets(run_dir, f"diffusion:k{k}", {"denoiser": spec[f"diffusion:k{k}"]})["denoiser"]
-    denoiser.requires_grad_(False)
-    latents = _latent_cases(run_dir)
-    images = load_cases(run_dir / "prepare")
-    if [c["name"] for c in images] != [c["name"] for c in latents]:
-        raise InputError("decoder: the latents and the prepared cases differ; rerun the latents stage", run_dir)
-    scale = float(json.loads((run_dir / "latents" / "summary.json").read_text())["latent_scale"])
-    diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
-    ddim_steps = int(b.get("ddim_steps", cfg.get("default_steps", 2)))
-    block = {"batch": int(b.get("batch", d["batch"])), "cases_per_batch": int(d["cases_per_batch"]),
-             "delayed_fraction": d.get("delayed_fraction", 0.5)}
+class _SampledLatents:
+    """Batches of (latents diffusion ``k`` samples with ``ddim_steps`` DDIM steps, decoder units;
+    the target images [B, 1, H, W]; the NAC images of the same slices [B, 1, H, W]) for the
+    decoder and detail stages."""
+
+    def __init__(self, cfg: dict, run_dir: Path, k: int, block: dict, stage: str):
+        d = cfg["diffusion"]
+        self.k = k
+        self.denoiser = load_stage_nets(run_dir, f"diffusion:k{k}",
+                                        {"denoiser": network_specs(cfg)[f"diffusion:k{k}"]})["denoiser"]
+        self.denoiser.requires_grad_(False)
+        self.latents = _latent_cases(run_dir)
+        self.images = load_cases(run_dir / "prepare")
+        if [c["name"] for c in self.images] != [c["name"] for c in self.latents]:
+            raise InputError(f"{stage}: the latents and the prepared cases differ; rerun the latents stage", run_dir)
+        self.scale = float(json.loads((run_dir / "latents" / "summary.json").read_text())["latent_scale"])
+        self.diff = ConditionalDiffusion(int(d["num_train_timesteps"]), d["schedule"], d.get("prediction", "epsilon"))
+        self.ddim_steps = int(block.get("ddim_steps", cfg.get("default_steps", 2)))
+        self.block = {"batch": int(block.get("batch", d["batch"])), "cases_per_batch": int(d["cases_per_batch"]),
+                      "delayed_fraction": d.get("delayed_fraction", 0.5)}
 
     @torch.no_grad()
-    def batch_fn(step: int, rng: np.random.Generator):
-        picks, x0, cond = _pair_batch(latents, block, rng, k)
-        z = diff.sample(denoiser, cond, steps=ddim_steps, sampler="ddim", seed=int(rng.integers(2 ** 31)),
-                        shape=tuple(x0.shape), eta=0.0).samples[0]
-        target = np.concatenate([images[ci][key][idx] for ci, idx, key in picks])
-        return z / scale, torch.from_numpy(target)[:, None]
+    def __call__(self, step: int, rng: np.random.Generator):
+        picks, x0, cond = _pair_batch(self.latents, self.block, rng, self.k)
+        z = self.diff.sample(self.denoiser, cond, steps=self.ddim_steps, sampler="ddim",
+                             seed=int(rng.integers(2 ** 31)), shape=tuple(x0.shape), eta=0.0).samples[0]
+
+        def images(source: bool) -> torch.Tensor:
+            keys = {"ac": "nac", "dac": "dnac"}
+            return torch.from_numpy(np.concatenate(
+                [self.images[ci][keys[key] if source else key][idx] for ci, idx, key in picks]))[:, None]
+
+        return z / self.scale, images(False), images(True)
+
+
+def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
+    """The autoencoder's decoder fine-tuned on what diffusion ``k`` samples (module docstring)."""
+    b = cfg["decoder"]
+    ae = load_stage_nets(run_dir, "autoencoder", {"autoencoder": network_specs(cfg)["autoencoder"]})["autoencoder"]
+    ae.train().enc.requires_grad_(False)
+    batches = _SampledLatents(cfg, run_dir, k, b, "decoder")
 
     def loss_fn(batch, networks):
-        z, target = batch
+        z, target, _ = batch
         return F.l1_loss(networks["autoencoder"].decode(z), target), {}
 
-    trainer, summary = fit_stage(cfg, options, folder, {"autoencoder": ae}, b, loss_fn, batch_fn,
+    trainer, summary = fit_stage(cfg, options, folder, {"autoencoder": ae}, b, loss_fn, batches,
                                  float(b.get("ema_decay", 0.999)))
-    return summary | {"k": k, "ddim_steps": ddim_steps, "trained": "decoder (the encoder frozen)"}
+    return summary | {"k": k, "ddim_steps": batches.ddim_steps, "trained": "decoder (the encoder frozen)"}
+
+
+def train_detail(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
+    """networks.DetailHead on the images diffusion ``k``'s latents decode to (module docstring)."""
+    b = cfg["detail"]
+    spec = network_specs(cfg)
+    source = f"decoder:k{k}" if stage_done(run_dir, f"decoder:k{k}") else "autoencoder"
+    ae = load_stage_nets(run_dir, source, {"autoencoder": spec["autoencoder"]})["autoencoder"].requires_grad_(False)
+    head = build_network(spec["detail"])
+    batches = _SampledLatents(cfg, run_dir, k, b, "detail")
+
+    def loss_fn(batch, networks):
+        z, target, nac = batch
+        with torch.no_grad():
+            decoded = ae.to(z.device).decode(z)
+        return F.l1_loss(networks["detail"](decoded, nac), target), {}
+
+    trainer, summary = fit_stage(cfg, options, folder, {"detail": head}, b, loss_fn, batches,
+                                 float(b.get("ema_decay", 0.999)))
+    return summary | {"k": k, "ddim_steps": batches.ddim_steps, "decoder_from": source,
+                      "trained": "detail head (decoder and diffusion frozen)"}
 
 
 def train_unet(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path) -> dict:
