@@ -50,7 +50,7 @@ class DemographicsSynthesisParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     steps: Annotated[int, WithinRange(1, 200)] = 18
     srSteps: Annotated[int, WithinRange(0, 200)] = 6
-    churn: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    churn: Annotated[float, WithinRange(0.0, 100.0)] = 40.0
     allowOutOfRange: bool = False
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"
     modelPath: str = ""   # a model folder of one's own; empty = the shipped model

@@ -30,6 +30,7 @@ from PETDiffusionLib.methods.totalgen.synthesis import (OUTPUT_LABELS, body_box,
 from PETDiffusionLib.tasks.registry import task_spec
 from PETDiffusionLib.tasks.runner import run_task
 from PETDiffusionLib.tasks.synthesize.pipeline import load_model
+from PETDiffusionLib.tasks.synthesize.spec import DEFAULT_CHURN
 from PETDiffusionLib.training.loop import TrainOptions
 from PETDiffusionLib.training.recipes import synthesize as recipe
 
@@ -326,7 +327,8 @@ def test_a_signed_distance_stage_one_is_recorded_in_the_card_and_decoded_by_it(t
     run_task("synthesize", {}, {"age": 58, "sex": "M", "height": 177, "weight": 83, "seed": 5, **FAST},
              tmp_path / "out", model_path=str(tmp_path / "model"))
     written = sitk.GetArrayFromImage(read_image(tmp_path / "out" / "organs.nii.gz"))[::-1]
-    direct = synthesize(nets, 58.0, "M", 177.0, 83.0, FAST["steps"], FAST["sr_steps"], 5, encoding="sdf")
+    direct = synthesize(nets, 58.0, "M", 177.0, 83.0, FAST["steps"], FAST["sr_steps"], 5, encoding="sdf",
+                        s_churn=DEFAULT_CHURN)   # the task's default
     assert np.array_equal(written, direct.organs)
     bad = json.loads(json.dumps(cfg))
     bad["global"]["organ_encoding"] = "onehot"
