@@ -458,8 +458,23 @@ def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoenco
         train_diffusion(cfg, TrainOptions(), tmp_path, tmp_path / "eps", 2)
 
 
+def _fake_trained_stages(run_dir: Path, sp: dict) -> dict:
+    """Autoencoder, diffusion k = 2 and matching stages of random networks (seed 0), as trained."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    stage_nets = {"autoencoder": {"autoencoder": build_network(sp["autoencoder"])},
+                  "diffusion_k2": {"denoiser": build_network(sp["diffusion:k2"])},
+                  "matching": {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"])}}
+    for stage, nets in stage_nets.items():
+        (run_dir / stage / "checkpoint").mkdir(parents=True)
+        save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
+                  str(run_dir / stage / "checkpoint" / "ema.safetensors"))
+        (run_dir / stage / "summary.json").write_text(json.dumps({"steps": 1}))
+    return stage_nets
+
+
 def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents_and_the_export_ships_it(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from PETDiffusionLib.training.loop import TrainOptions
     from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import train_decoder
@@ -469,15 +484,7 @@ def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents
     cfg["decoder"] = {"steps": 4, "lr": 1e-3, "batch": 4, "ddim_steps": 2}
     cfg["export"] = str(tmp_path / "export" / "stmdiff-tiny")
     sp = network_specs(cfg)
-    torch.manual_seed(0)
-    stage_nets = {"autoencoder": {"autoencoder": build_network(sp["autoencoder"])},
-                  "diffusion_k2": {"denoiser": build_network(sp["diffusion:k2"])},
-                  "matching": {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"])}}
-    for stage, nets in stage_nets.items():
-        (tmp_path / stage / "checkpoint").mkdir(parents=True)
-        save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
-                  str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
-        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 1}))
+    stage_nets = _fake_trained_stages(tmp_path, sp)
     _fake_latent_stage(tmp_path, cfg, images=True)
     summary = train_decoder(cfg, TrainOptions(), tmp_path, tmp_path / "decoder_k2", 2)
     assert summary["steps"] == 4 and summary["k"] == 2 and summary["ddim_steps"] == 2
@@ -503,7 +510,7 @@ def test_the_decoder_stage_fine_tunes_only_the_decoder_on_the_diffusions_latents
 
 
 def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_and_the_model_applies_it(tmp_path):
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct
     from PETDiffusionLib.models.registry import load_model_folder
@@ -518,15 +525,7 @@ def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_an
     head = build_network(sp["detail"])
     x, nac = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     assert torch.equal(head(x, nac), x)                  # the zero last convolution: the identity at start
-    torch.manual_seed(0)
-    stage_nets = {"autoencoder": {"autoencoder": build_network(sp["autoencoder"])},
-                  "diffusion_k2": {"denoiser": build_network(sp["diffusion:k2"])},
-                  "matching": {"g1": build_network(sp["g1"]), "g2": build_network(sp["g2"])}}
-    for stage, nets in stage_nets.items():
-        (tmp_path / stage / "checkpoint").mkdir(parents=True)
-        save_file({f"{n}.{k}": v.contiguous() for n, net in nets.items() for k, v in net.state_dict().items()},
-                  str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
-        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 1}))
+    _fake_trained_stages(tmp_path, sp)
     _fake_latent_stage(tmp_path, cfg, images=True)
     summary = train_detail(cfg, TrainOptions(), tmp_path, tmp_path / "detail_k2", 2)
     assert summary["steps"] == 5 and summary["decoder_from"] == "autoencoder"  # no decoder:k2 stage here
