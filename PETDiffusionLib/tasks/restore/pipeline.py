@@ -326,13 +326,13 @@ def flip_views(card: dict) -> tuple[tuple[int, ...], ...]:
 
 
 def flip_averaged(low: np.ndarray, guide: np.ndarray, views, run) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``run(low, guide)`` -> (mean, sd) over the flipped ``views``, each flipped back
-    (with ``views == ((),)`` just ``run``). Averaging count-preserving views keeps the total."""
+    """Mean of ``run(i, low, guide)`` -> (mean, sd) over the flipped ``views`` (i: the view's
+    index), each flipped back. Averaging count-preserving views keeps the total."""
     means, sds = [], []
-    for axes in views:
+    for i, axes in enumerate(views):
         def flip(a, axes=axes):
             return np.ascontiguousarray(np.flip(a, axes)) if axes else a
-        m, s = run(flip(low), flip(guide))
+        m, s = run(i, flip(low), flip(guide))
         means.append(flip(m))
         sds.append(flip(s))
     if len(views) == 1:
@@ -356,11 +356,8 @@ def restore_image(images: dict[str, sitk.Image], params: dict, model: RestoreMod
     if "munet" in model.nets:
         s["samples"] = 1
     views = flip_views(model.card)
-    done = [0]
 
-    def run(low, guide):
-        i = done[0]
-        done[0] += 1
+    def run(i, low, guide):
         sub = None if progress is None else (lambda f, i=i: progress((i + f) / len(views)))
         return restore_arrays(low, guide, prepared["modality"], model, s["steps"],
                               s["start_fraction"], s["samples"], s["seed"], sub, device,
