@@ -363,6 +363,21 @@ def test_stages_taken_from_a_model_folder_hold_its_networks_and_name_it(tiny_mod
                 assert torch.equal(value, shipped[f"{n}.{key}"])
         saved = load_file(str(tmp_path / stage / "checkpoint" / "ema.safetensors"))
         assert {k.split(".", 1)[0] for k in saved} == set(names)  # not the denoiser
+    # the per-diffusion stages of the folder's own k: its denoiser and its (fine-tuned) autoencoder
+    for stage, names in (("diffusion:k2", ("denoiser",)), ("decoder:k2", ("autoencoder",))):
+        summary = stage_from_model(cfg, tiny_model, stage, tmp_path / stage.replace(":", "_"))
+        assert summary["networks"] == list(names)
+        spec = {"denoiser": sp["diffusion:k2"], "autoencoder": sp["autoencoder"]}
+        nets = load_stage_nets(tmp_path, stage, {n: spec[n] for n in names})
+        for n in names:
+            for key, value in nets[n].state_dict().items():
+                assert torch.equal(value, shipped[f"{n}.{key}"])
+    cfg3 = json.loads(CONFIG.read_text())
+    cfg3["diffusion"].update(channels=8, k_values=[3])
+    with pytest.raises(InputError, match="k = 3"):  # a k = 2 folder cannot stand in for diffusion k = 3
+        stage_from_model(cfg3, tiny_model, "diffusion:k3", tmp_path / "diffusion_k3")
+    with pytest.raises(InputError, match="cannot be taken"):
+        stage_from_model(cfg, tiny_model, "unet", tmp_path / "unet")
     # a config that builds another autoencoder cannot take the folder's
     other = json.loads(CONFIG.read_text())
     other["autoencoder"]["latent_channels"] = int(other["autoencoder"].get("latent_channels", 4)) + 2
@@ -427,7 +442,8 @@ def _fake_latent_stage(run_dir: Path, cfg: dict, images: bool = False) -> None:
                  body=np.arange(6), body_d=np.arange(6), **lat)
         if images:
             np.savez(run_dir / "prepare" / f"case_{c:04d}.npz",
-                     **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32) for key in ("ac", "dac", "nac", "dnac")})
+                     **{key: rng.uniform(-1, 1, (6, 32, 32)).astype(np.float32)
+                        for key in ("ac", "dac", "nac", "dnac", "ct")})
 
 
 def test_the_decoder_image_term_trains_the_diffusion_through_the_frozen_autoencoder(tmp_path):
@@ -522,7 +538,7 @@ def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_an
     cfg["detail"] = {"steps": 5, "lr": 1e-2, "batch": 4, "ddim_steps": 2, "channels": 4, "blocks": 1}
     cfg["export"] = str(tmp_path / "export" / "stmdiff-tiny")
     sp = network_specs(cfg)
-    head = build_network(sp["detail"])
+    head = build_network(sp["detail:k2"])
     x, nac = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     assert torch.equal(head(x, nac), x)                  # the zero last convolution: the identity at start
     _fake_trained_stages(tmp_path, sp)
@@ -536,7 +552,7 @@ def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_an
 
     recipe_card.export(cfg, tmp_path, "test")
     networks, card = load_model_folder(Path(cfg["export"]))
-    assert card["networks"]["detail"] == sp["detail"] and "detail" in networks
+    assert card["networks"]["detail"] == sp["detail:k2"] and "detail" in networks
     ema = load_file(str(tmp_path / "detail_k2" / "checkpoint" / "ema.safetensors"))
     for k, v in networks["detail"].state_dict().items():
         assert torch.equal(v, ema[f"detail.{k}"])
@@ -548,3 +564,59 @@ def test_the_detail_head_starts_as_the_identity_and_its_stage_trains_it_alone_an
     refined = networks["detail"](torch.from_numpy(without[0])[:, None], torch.from_numpy(nac_net)[:, None])
     assert not np.allclose(with_head, without)
     np.testing.assert_allclose(with_head[0], refined[:, 0].detach().numpy(), atol=1e-5)
+
+
+def test_a_ct_prior_detail_head_trains_on_the_matched_ct_slices_and_the_model_feeds_it_those_it_matched(tmp_path):
+    from safetensors.torch import load_file
+
+    from PETDiffusionLib.methods.stmdiff.inference import attenuation_correct
+    from PETDiffusionLib.models.registry import load_model_folder
+    from PETDiffusionLib.training.loop import TrainOptions
+    from PETDiffusionLib.training.recipes.dual_timepoint_ac.stages import _pair_batch, _SampledLatents, train_detail
+    cfg = json.loads(CONFIG.read_text())
+    cfg["threads"], cfg["trainer"] = 1, {"progress_bar": False, "log_every": 1}
+    cfg["diffusion"].update(channels=8, batch=4, cases_per_batch=2, k_values=[2, 0], prediction="sample")
+    cfg["detail"] = {"steps": 5, "lr": 1e-2, "batch": 4, "ddim_steps": 2, "channels": 4, "blocks": 1,
+                     "ct_prior": True}
+    cfg["export"] = str(tmp_path / "export" / "stmdiff-tiny")
+    sp = network_specs(cfg)
+    # k = 2 sees its 2 matched CT slices, the no-CT ablation k = 0 none
+    assert sp["detail:k2"]["args"]["ct_slices"] == 2 and "ct_slices" not in sp["detail:k0"]["args"]
+    head = build_network(sp["detail:k2"])
+    x, nac, ct = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 2, 16, 16)
+    assert torch.equal(head(x, nac, ct), x)
+    with pytest.raises(ValueError, match="2 matched CT slices, got 0"):
+        head(x, nac)
+    _fake_trained_stages(tmp_path, sp)
+    _fake_latent_stage(tmp_path, cfg, images=True)
+    # the batches carry the CT slices the condition matched (top-k of the latents stage)
+    batches = _SampledLatents(cfg, tmp_path, 2, cfg["detail"], "detail")
+    rng = np.random.default_rng(3)
+    z, target, nac_b, ct_b = batches(0, np.random.default_rng(3))
+    picks, *_ = _pair_batch(batches.latents, batches.block, rng, 2)  # the same draw as the batch's
+    ci, idx, key = picks[0]
+    tk = batches.latents[ci]["topk_delayed" if key == "dac" else "topk_first"][idx][:, :2]
+    np.testing.assert_array_equal(ct_b[:len(idx)].numpy(), batches.images[ci]["ct"][tk])
+    assert ct_b.shape == (4, 2, 32, 32)
+
+    summary = train_detail(cfg, TrainOptions(), tmp_path, tmp_path / "detail_k2", 2)
+    assert summary["steps"] == 5 and summary["ct_slices"] == 2
+    trained = load_file(str(tmp_path / "detail_k2" / "checkpoint" / "weights.safetensors"))
+    assert trained["detail.inp.weight"].shape[1] == 4          # decoded, NAC and 2 CT slices
+    (tmp_path / "detail_k2" / "summary.json").write_text(json.dumps(summary))
+    recipe_card.export(cfg, tmp_path, "test")
+    networks, card = load_model_folder(Path(cfg["export"]))
+    assert card["networks"]["detail"] == sp["detail:k2"] and "matched first-scan CT" in card["detail_head"]
+
+    gen = np.random.default_rng(1)
+    nac_net, ct_net = (gen.uniform(-1, 1, (4, 32, 32)).astype(np.float32) for _ in range(2))
+    res = attenuation_correct(networks, card, nac_net, ct_net, k=2, steps=2)
+    without = attenuation_correct({n: v for n, v in networks.items() if n != "detail"}, card, nac_net, ct_net,
+                                  k=2, steps=2)["samples"]
+    matched = torch.from_numpy(ct_net[res["topk"][:, :2]])
+    refined = networks["detail"](torch.from_numpy(without[0])[:, None], torch.from_numpy(nac_net)[:, None], matched)
+    np.testing.assert_allclose(res["samples"][0], refined[:, 0].detach().numpy(), atol=1e-5)
+    # other CT slices give another image: the head reads the CT it is handed
+    other = networks["detail"](torch.from_numpy(without[0])[:, None], torch.from_numpy(nac_net)[:, None],
+                               torch.from_numpy(ct_net[::-1].copy()[:, None].repeat(2, 1)))
+    assert not np.allclose(res["samples"][0], other[:, 0].detach().numpy(), atol=1e-4)

@@ -94,6 +94,11 @@ def attenuation_correct(networks: dict, card: dict, nac_net: np.ndarray, ct_net:
     dec = [run_slicewise(ae.decode, s / scale, SLICE_BATCH) for s in res.samples]
     if "detail" in networks:  # the NAC-guided refinement (networks.DetailHead), when the model has one
         nac = _slices(nac_net, dev)
-        dec = [run_slicewise(networks["detail"], (d, nac), SLICE_BATCH) for d in dec]
+        head = networks["detail"]
+        if getattr(head, "ct_slices", 0):  # the head also sees the matched CT slices themselves
+            ct = torch.as_tensor(np.ascontiguousarray(ct_net[topk[:, :head.ct_slices]]), device=dev)
+            dec = [run_slicewise(head, (d, nac, ct), SLICE_BATCH) for d in dec]
+        else:
+            dec = [run_slicewise(head, (d, nac), SLICE_BATCH) for d in dec]
     dec = torch.stack([d[:, 0] for d in dec])
     return {"samples": dec.cpu().numpy(), "topk": topk, "similarity": sim}

@@ -12,7 +12,9 @@ model card rebuilds them through ``models.card.build_network``).
 - :class:`DetailHead`: not in the paper. A residual refinement of the decoded AC slice from the NAC
   slice at full resolution. The NAC and the AC image are reconstructed from the same counts, so their
   noise textures coincide; a latent of 1/4 resolution cannot carry that texture, and this head puts it
-  back (its last convolution starts at zero, so it starts as the identity).
+  back (its last convolution starts at zero, so it starts as the identity). With ``ct_slices`` = k
+  it also sees the k matched first-scan CT slices at full resolution (the CT prior of Eq. 6 at the
+  image grid; the G2 features reach only the 1/4-resolution latent).
 """
 from __future__ import annotations
 
@@ -124,18 +126,24 @@ class LatentDenoiser(nn.Module):
 
 
 class DetailHead(nn.Module):
-    """(decoded AC [B, 1, H, W], NAC [B, 1, H, W]) -> decoded + r(decoded, NAC) (module docstring)."""
+    """(decoded AC [B, 1, H, W], NAC [B, 1, H, W][, matched CT [B, ct_slices, H, W]]) ->
+    decoded + r(decoded, NAC[, CT]) (module docstring)."""
 
-    def __init__(self, channels: int = 16, blocks: int = 2):
+    def __init__(self, channels: int = 16, blocks: int = 2, ct_slices: int = 0):
         super().__init__()
-        self.inp = nn.Conv2d(2, channels, 3, 1, 1)
+        self.ct_slices = int(ct_slices)
+        self.inp = nn.Conv2d(2 + self.ct_slices, channels, 3, 1, 1)
         self.body = nn.Sequential(*[ResBlock(channels, channels) for _ in range(int(blocks))])
         self.out = nn.Conv2d(channels, 1, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, decoded: torch.Tensor, nac: torch.Tensor) -> torch.Tensor:
-        return decoded + self.out(self.body(F.silu(self.inp(torch.cat([decoded, nac], 1)))))
+    def forward(self, decoded: torch.Tensor, nac: torch.Tensor, ct: torch.Tensor | None = None) -> torch.Tensor:
+        if (ct is None) != (self.ct_slices == 0) or (ct is not None and ct.shape[1] != self.ct_slices):
+            raise ValueError(f"this detail head takes {self.ct_slices} matched CT slices, got "
+                             f"{0 if ct is None else ct.shape[1]}")
+        x = torch.cat([decoded, nac] + ([ct] if ct is not None else []), 1)
+        return decoded + self.out(self.body(F.silu(self.inp(x))))
 
 
 def encoder_spec(width: int = 12, dim: int = 64, feature_channels: int = 8, contour_size: int = 16) -> dict:
@@ -156,8 +164,10 @@ def denoiser_spec(latent_channels: int, feature_channels: int, k: int, channels:
                      "out_channels": latent_channels, "channels": channels}}
 
 
-def detail_spec(channels: int = 16, blocks: int = 2) -> dict:
-    return {"class": f"{PACKAGE}.DetailHead", "args": {"channels": int(channels), "blocks": int(blocks)}}
+def detail_spec(channels: int = 16, blocks: int = 2, ct_slices: int = 0) -> dict:
+    """``ct_slices`` = 0: the NAC-only head (0.6.0's spec, unchanged)."""
+    args = {"channels": int(channels), "blocks": int(blocks)}
+    return {"class": f"{PACKAGE}.DetailHead", "args": args | ({"ct_slices": int(ct_slices)} if ct_slices else {})}
 
 
 def unet_spec(features=(8, 16, 32, 32, 64, 8)) -> dict:

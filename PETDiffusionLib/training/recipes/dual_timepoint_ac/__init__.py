@@ -11,7 +11,9 @@ export (card.py).
 
 ``stages_from_model`` ({"model": MODEL_DIR, "stages": ["matching", "autoencoder"]}) takes those
 stages' networks from an exported model folder instead of training them (the stage's summary names
-the folder and its weights' sha256), so a run can retrain the later stages on the same encoders.
+the folder and its weights' sha256), so a run can retrain the later stages on the same encoders;
+``diffusion:kK`` and ``decoder:kK`` can be taken too, from a folder of that k (its denoiser and
+its fine-tuned autoencoder), so a run can train a new detail head on a shipped diffusion.
 """
 from __future__ import annotations
 
@@ -26,21 +28,21 @@ def build_stages(cfg: dict, options: TrainOptions) -> list[Stage]:
     run_dir = Path(options.run_dir or cfg["run_dir"])
     command = options.command("dual-timepoint-ac")
 
-    def diffusion(k: int) -> Stage:
-        return Stage(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
-
-    def decoder(k: int) -> Stage:
-        return Stage(f"decoder:k{k}", lambda d: stages.train_decoder(cfg, options, run_dir, d, k))
-
-    def detail(k: int) -> Stage:
-        return Stage(f"detail:k{k}", lambda d: stages.train_detail(cfg, options, run_dir, d, k))
-
     reuse = cfg.get("stages_from_model") or {}
 
     def trained(name: str, fn) -> Stage:
         if name in reuse.get("stages", ()):
             return Stage(name, lambda d: stages.stage_from_model(cfg, reuse["model"], name, d), rank0_only=True)
         return Stage(name, fn)
+
+    def diffusion(k: int) -> Stage:
+        return trained(f"diffusion:k{k}", lambda d: stages.train_diffusion(cfg, options, run_dir, d, k))
+
+    def decoder(k: int) -> Stage:
+        return trained(f"decoder:k{k}", lambda d: stages.train_decoder(cfg, options, run_dir, d, k))
+
+    def detail(k: int) -> Stage:
+        return Stage(f"detail:k{k}", lambda d: stages.train_detail(cfg, options, run_dir, d, k))
 
     return [Stage("prepare", lambda d: data.prepare(cfg, d), rank0_only=True),
             trained("matching", lambda d: stages.train_matching(cfg, options, run_dir, d)),

@@ -42,15 +42,17 @@ def export(cfg: dict, run_dir: Path, command: str) -> dict:
                   if stage_done(run_dir, f"decoder:k{k}") else ae)
         nets = {**match, **own_ae, **den}
         if stage_done(run_dir, f"detail:k{k}"):  # the NAC-guided refinement head of this diffusion
-            nets |= load_stage_nets(run_dir, f"detail:k{k}", {"detail": sp["detail"]})
+            nets |= load_stage_nets(run_dir, f"detail:k{k}", {"detail": sp[f"detail:k{k}"]})
         folder = Path(cfg["export"]) if int(k) == default_k else run_dir / "models" / f"stmdiff-k{k}"
         card = model_card(cfg, folder.name, int(k), lat, stages, command)
         if "detail" in nets:
             card["detail_head"] = ("not in the paper: networks.DetailHead refines each decoded slice from "
                                    "the NAC slice at full resolution (the NAC and AC images share the "
-                                   "counts, so their noise texture; the 1/4-resolution latent loses it)")
-        card["networks"] = {n: (sp["g1"] if n in ("g1", "g2") else sp[n] if n in ("autoencoder", "detail")
-                                else sp[stage]) for n in nets}
+                                   "counts, so their noise texture; the 1/4-resolution latent loses it)"
+                                   + (f"; it also sees the {nets['detail'].ct_slices} matched first-scan CT "
+                                      "slices at full resolution (detail.ct_prior)" if nets["detail"].ct_slices else ""))
+        card["networks"] = {n: (sp["g1"] if n in ("g1", "g2") else sp[n] if n == "autoencoder"
+                                else sp[f"detail:k{k}"] if n == "detail" else sp[stage]) for n in nets}
         save_model_folder(folder, nets, card)
         written.append(str(folder))
     if stage_done(run_dir, "unet"):

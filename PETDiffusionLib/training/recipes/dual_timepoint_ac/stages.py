@@ -59,8 +59,11 @@ def network_specs(cfg: dict) -> dict[str, dict]:
            "unet": unet_spec(cfg["unet"]["features"])}
     for k in cfg["diffusion"]["k_values"]:
         out[f"diffusion:k{k}"] = denoiser_spec(ae["latent_channels"], m["feature_channels"], k, df["channels"])
-    if cfg.get("detail"):
-        out["detail"] = detail_spec(cfg["detail"].get("channels", 16), cfg["detail"].get("blocks", 2))
+    if cfg.get("detail"):  # detail.ct_prior: diffusion K's head also sees its K matched CT slices
+        b = cfg["detail"]
+        for k in cfg["diffusion"]["k_values"]:
+            out[f"detail:k{k}"] = detail_spec(b.get("channels", 16), b.get("blocks", 2),
+                                              int(k) if b.get("ct_prior") else 0)
     return out
 
 
@@ -130,6 +133,20 @@ def load_stage_nets(run_dir: Path, stage: str, specs: dict[str, dict]) -> dict[s
 
 
 STAGE_NETWORKS = {"matching": ("g1", "g2"), "autoencoder": ("autoencoder",)}
+# per-diffusion stages a model folder of that k holds (its card's preprocessing.k): the stage's
+# network name in the folder -> its key in network_specs
+K_STAGE_NETWORKS = {"diffusion": ("denoiser",), "decoder": ("autoencoder",)}
+
+
+def _stage_networks(cfg: dict, stage: str) -> dict[str, str]:
+    """{network name in a model folder: network_specs key} of ``stage``."""
+    if stage in STAGE_NETWORKS:
+        return {n: n for n in STAGE_NETWORKS[stage]}
+    kind, _, k = stage.partition(":k")
+    if kind in K_STAGE_NETWORKS and k.isdigit():
+        return {n: (stage if n == "denoiser" else n) for n in K_STAGE_NETWORKS[kind]}
+    raise InputError(f"stages_from_model: stage {stage!r} cannot be taken from a model folder "
+                     f"(matching, autoencoder, diffusion:kK, decoder:kK)")
 
 
 def stage_from_model(cfg: dict, model_dir: str | Path, stage: str, folder: Path) -> dict:
@@ -142,16 +159,20 @@ def stage_from_model(cfg: dict, model_dir: str | Path, stage: str, folder: Path)
         raise InputError("stages_from_model: not a model folder (card.json + model.safetensors)", model_dir)
     card = json.loads(card_path.read_text())
     specs = network_specs(cfg)
-    names = STAGE_NETWORKS[stage]
-    for n in names:
-        if card.get("networks", {}).get(n) != specs[n]:
+    keys = _stage_networks(cfg, stage)
+    names = tuple(keys)
+    if ":k" in stage and int(card.get("preprocessing", {}).get("k", -1)) != int(stage.partition(":k")[2]):
+        raise InputError(f"stages_from_model: {stage} needs a model of k = {stage.partition(':k')[2]}, "
+                         f"the folder's is k = {card.get('preprocessing', {}).get('k')}", card_path)
+    for n, key in keys.items():
+        if card.get("networks", {}).get(n) != specs[key]:
             raise InputError(f"stages_from_model: the folder's {n} is not the network this config "
-                             f"builds ({card.get('networks', {}).get(n)} vs {specs[n]})", card_path)
+                             f"builds ({card.get('networks', {}).get(n)} vs {specs[key]})", card_path)
     weights = load_file(str(weights_path))
     keep = {k: v for k, v in weights.items() if k.split(".", 1)[0] in names}
-    for n in names:  # the weights must load into the config's network
-        build_network(specs[n]).load_state_dict({k[len(n) + 1:]: v for k, v in keep.items()
-                                                 if k.startswith(n + ".")})
+    for n, key in keys.items():  # the weights must load into the config's network
+        build_network(specs[key]).load_state_dict({k[len(n) + 1:]: v for k, v in keep.items()
+                                                   if k.startswith(n + ".")})
     (folder / "checkpoint").mkdir(parents=True, exist_ok=True)
     save_file(keep, str(folder / "checkpoint" / "ema.safetensors"))
     src = card.get("training", {}).get("stages", {}).get(stage, {})
@@ -329,8 +350,8 @@ def _pair_batch(cases: list[dict], d: dict, rng: np.random.Generator, k: int):
 
 class _SampledLatents:
     """Batches of (latents diffusion ``k`` samples with ``ddim_steps`` DDIM steps, decoder units;
-    the target images [B, 1, H, W]; the NAC images of the same slices [B, 1, H, W]) for the
-    decoder and detail stages."""
+    the target images [B, 1, H, W]; the NAC images of the same slices [B, 1, H, W]; the k matched
+    first-scan CT slices of each [B, k, H, W], None for k = 0) for the decoder and detail stages."""
 
     def __init__(self, cfg: dict, run_dir: Path, k: int, block: dict, stage: str):
         d = cfg["diffusion"]
@@ -359,7 +380,12 @@ class _SampledLatents:
             return torch.from_numpy(np.concatenate(
                 [self.images[ci][keys[key] if source else key][idx] for ci, idx, key in picks]))[:, None]
 
-        return z / self.scale, images(False), images(True)
+        ct = None
+        if self.k > 0:  # the CT slices the condition matched, as the inference picks them
+            ct = torch.from_numpy(np.concatenate(
+                [self.images[ci]["ct"][self.latents[ci]["topk_delayed" if key == "dac" else "topk_first"][idx][:, :self.k]]
+                 for ci, idx, key in picks]))
+        return z / self.scale, images(False), images(True), ct
 
 
 def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, k: int) -> dict:
@@ -370,7 +396,7 @@ def train_decoder(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path,
     batches = _SampledLatents(cfg, run_dir, k, b, "decoder")
 
     def loss_fn(batch, networks):
-        z, target, _ = batch
+        z, target = batch[:2]
         return F.l1_loss(networks["autoencoder"].decode(z), target), {}
 
     trainer, summary = fit_stage(cfg, options, folder, {"autoencoder": ae}, b, loss_fn, batches,
@@ -384,18 +410,20 @@ def train_detail(cfg: dict, options: TrainOptions, run_dir: Path, folder: Path, 
     spec = network_specs(cfg)
     source = f"decoder:k{k}" if stage_done(run_dir, f"decoder:k{k}") else "autoencoder"
     ae = load_stage_nets(run_dir, source, {"autoencoder": spec["autoencoder"]})["autoencoder"].requires_grad_(False)
-    head = build_network(spec["detail"])
+    head = build_network(spec[f"detail:k{k}"])
     batches = _SampledLatents(cfg, run_dir, k, b, "detail")
 
     def loss_fn(batch, networks):
-        z, target, nac = batch
+        z, target, nac, ct = batch
         with torch.no_grad():
             decoded = ae.to(z.device).decode(z)
-        return F.l1_loss(networks["detail"](decoded, nac), target), {}
+        extra = (ct.to(z.device),) if head.ct_slices else ()
+        return F.l1_loss(networks["detail"](decoded, nac, *extra), target), {}
 
     trainer, summary = fit_stage(cfg, options, folder, {"detail": head}, b, loss_fn, batches,
                                  float(b.get("ema_decay", 0.999)))
     return summary | {"k": k, "ddim_steps": batches.ddim_steps, "decoder_from": source,
+                      "ct_slices": head.ct_slices,
                       "trained": "detail head (decoder and diffusion frozen)"}
 
 
